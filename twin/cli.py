@@ -1,0 +1,160 @@
+"""The ``twin`` command line.
+
+Each sub-command is a small function; the work lives in the layers below. Errors
+the twin raises on purpose (:class:`twin.errors.TwinError`) print as one line on
+stderr with a non-zero exit; ``-v`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from twin import __version__
+from twin.errors import TwinError, ValidationError
+
+log = logging.getLogger("twin")
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from twin.model.validate import validate_file
+
+    failed = False
+    for path in args.files:
+        problems = validate_file(path)
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        failed |= bool(problems)
+        if not problems and not args.quiet:
+            print(f"{path}: ok")
+    return 2 if failed else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from twin.model.plan import default_pairs, parse_pairs, plan_lightpaths, slo_feasibility
+    from twin.model.validate import load_scenario, load_topology
+
+    topology = load_topology(args.topology)
+    if args.pairs:
+        pairs, order = parse_pairs(args.pairs, topology), "given (--pairs)"
+    else:
+        pairs, order = default_pairs(topology, args.order), args.order
+    entries = plan_lightpaths(topology, pairs)
+    feasibility = []
+    if args.scenario:
+        scenario, _ = load_scenario(args.scenario)
+        feasibility = slo_feasibility(scenario, topology)
+    if args.json:
+        doc = [entry.to_dict() for entry in entries]
+        if args.scenario:
+            doc = {"lightpaths": doc, "order": order,
+                   "slo": [dict(vars(row), meets=row.meets) for row in feasibility]}
+        json.dump(doc, sys.stdout, indent=2)
+        print()
+        return 0
+    from twin.tables import print_plan, print_slo
+
+    print_plan(topology, entries, order)
+    if args.scenario:
+        print_slo(feasibility)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from twin.model.schema import json_schemas
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for kind, schema in json_schemas().items():
+        path = out / f"{kind}.schema.json"
+        path.write_text(json.dumps(schema, indent=2, sort_keys=True) + "\n")
+        print(path)
+    return 0
+
+
+def cmd_import_zoo(args: argparse.Namespace) -> int:
+    from twin.model.zoo import import_zoo
+
+    text = import_zoo(args.file, route_factor=args.route_factor, edge_length_km=args.edge_length,
+                      wavelengths=args.wavelengths, rate=args.rate)
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="twin", description="APN digital twin for Watt-Bit collaboration")
+    parser.add_argument("--version", action="version", version=f"twin {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check topology and scenario files")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing for valid files")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("plan", help="lightpaths the optical model would set up")
+    p.add_argument("topology", metavar="TOPOLOGY")
+    p.add_argument("--scenario", metavar="FILE", help="also show which sites meet each service's SLO")
+    p.add_argument("--pairs", metavar="A:B,...", help="site pairs in allocation order (default: every pair)")
+    p.add_argument("--order", choices=("file", "longest-first"), default="file",
+                   help="allocation order of the default pairs (default: file order)")
+    p.add_argument("--json", action="store_true", help="print a JSON document")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("schema", help="write the JSON Schema of both file kinds")
+    p.add_argument("-o", "--out", default="topologies", help="folder to write into (default: topologies)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("import", help="convert a topology from another format")
+    isub = p.add_subparsers(dest="format", required=True, metavar="FORMAT")
+    z = isub.add_parser("zoo", help="Internet Topology Zoo GraphML")
+    z.add_argument("file", metavar="FILE.graphml")
+    z.add_argument("-o", "--output", required=True, metavar="OUT.yaml", help="output file ('-' for stdout)")
+    z.add_argument("--route-factor", type=float, default=1.3,
+                   help="fibre route length / great-circle distance (default 1.3)")
+    z.add_argument("--edge-length", type=float, metavar="KM",
+                   help="length for edges whose nodes have no coordinates (otherwise an error)")
+    z.add_argument("--wavelengths", type=int, default=8, help="wavelengths per span (default 8)")
+    z.add_argument("--rate", default="100Mbit", help="emulated rate per wavelength (default 100Mbit)")
+    z.set_defaults(func=cmd_import_zoo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except ValidationError as err:
+        if args.verbose:
+            raise
+        for problem in err.problems:
+            print(problem, file=sys.stderr)
+        return err.exit_code
+    except TwinError as err:
+        if args.verbose:
+            raise
+        print(f"twin: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("twin: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,848 @@
+"""Userspace link-delay engine: one process that delays frames for many links.
+
+Why it exists: the target machine's kernel has no ``sch_netem``, so ``tc netem``
+cannot add delay. This engine forwards Ethernet frames between the two ends of
+each emulated link (two interfaces in the root namespace, e.g. the root-side
+ends of veth pairs whose other ends are OVS ports or host interfaces) and holds
+each frame for the link's one-way delay plus a jitter sample.
+
+Guarantees, per link and per direction:
+
+* departure = max(arrival + delay + jitter [+ router queueing], previous
+  departure in that direction): frames are never reordered. Jitter larger than
+  the gap between frames therefore becomes extra delay, as with netem + rate.
+* frames are not dropped below the configured rate; the only drops are frames
+  larger than the receive buffer, send errors and an overflow of
+  ``MAX_QUEUED_FRAMES`` per direction (memory guard), all counted in the stats.
+
+Timing, and why it is done this way (measured on a 2-vCPU Debian 12 VM):
+
+* arrival time is the kernel's receive timestamp (``SO_TIMESTAMPNS``,
+  CLOCK_REALTIME) so Python's scheduling delay before ``recvmsg`` does not
+  count; the whole engine therefore schedules on CLOCK_REALTIME nanoseconds
+  (NTP slewing is harmless; a clock *step* would disturb frames in flight).
+* ``epoll`` waits on the sockets and on a ``timerfd`` armed (absolute,
+  nanosecond resolution) at ``spin_us`` before the next departure, then the
+  loop busy-waits to the deadline. ``epoll.poll``'s own timeout is rounded up
+  to whole milliseconds by Python, hence the timerfd. Timer slack is set to
+  1 ns with ``prctl`` so the kernel does not batch our wake-ups (default 50 us).
+* sockets are drained in batches with ``MSG_DONTWAIT``;
+  ``PACKET_IGNORE_OUTGOING`` keeps the engine from reading its own sends.
+* offloads are switched off on every interface (``prepare_interface``): with
+  GSO/GRO a "frame" can be a 64 KB super-frame that cannot be re-sent.
+
+The pure parts (:class:`JitterSampler`, :class:`RouterQueue`,
+:class:`DepartureScheduler`) need no sockets and are unit-tested directly.
+
+CLI::
+
+    python -m twin.emulation.delay_engine --config links.json \
+        [--ready-file PATH] [--stats-file PATH] [--spin-us 100]
+
+``links.json`` is a JSON list of objects with the fields of :class:`LinkSpec`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import dataclasses
+import heapq
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import select
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twin.errors import TwinError
+
+log = logging.getLogger(__name__)
+
+JITTER_DISTS = ("none", "uniform", "normal", "paretonormal")
+
+# Linux constants not exported by the socket module.
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_IGNORE_OUTGOING = 23
+SO_TIMESTAMPNS = 35  # == SCM_TIMESTAMPNS
+SO_RCVBUFFORCE = 33
+SO_SNDBUFFORCE = 32
+PR_SET_TIMERSLACK = 29
+CLOCK_REALTIME = 0
+TFD_NONBLOCK = 0o4000
+TFD_CLOEXEC = 0o2000000
+TFD_TIMER_ABSTIME = 1
+
+DEFAULT_SPIN_US = 100.0
+RECV_BATCH = 64
+SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
+MAX_QUEUED_FRAMES = 200_000
+MAX_BLOCK_S = 0.05  # bound on a blocking wait so a stop request is seen quickly
+
+
+class DelayEngineError(TwinError):
+    """The delay engine could not be configured, started or run."""
+
+
+# --------------------------------------------------------------------------- specs
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One emulated link: frames are forwarded iface_a <-> iface_b with this delay.
+
+    ``delay_us`` is one-way and applies to each direction. ``jitter_us`` is the
+    half-width for ``uniform`` and the standard deviation for ``normal`` and
+    ``paretonormal``. ``background_load`` (in [0, 1)) and ``rate_bps`` switch
+    on the conventional-router model (:class:`RouterQueue`) in both directions,
+    each with its own random stream.
+    """
+
+    name: str
+    iface_a: str
+    iface_b: str
+    delay_us: float
+    jitter_us: float = 0.0
+    jitter_dist: str = "none"
+    background_load: float = 0.0
+    rate_bps: float | None = None
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        """Every problem with this spec, each a complete sentence naming the field."""
+        out = []
+        where = f"link {self.name!r}"
+        for attr in ("iface_a", "iface_b"):
+            value = getattr(self, attr)
+            if not value or len(value) > 15 or "/" in value or " " in value:
+                out.append(f"{where}: {attr} {value!r} is not a valid interface name (1-15 chars)")
+        if self.iface_a == self.iface_b:
+            out.append(f"{where}: iface_a and iface_b are both {self.iface_a!r}")
+        if not (isinstance(self.delay_us, (int, float)) and self.delay_us >= 0 and math.isfinite(self.delay_us)):
+            out.append(f"{where}: delay_us must be a finite number >= 0, got {self.delay_us!r}")
+        if not (isinstance(self.jitter_us, (int, float)) and self.jitter_us >= 0 and math.isfinite(self.jitter_us)):
+            out.append(f"{where}: jitter_us must be a finite number >= 0, got {self.jitter_us!r}")
+        if self.jitter_dist not in JITTER_DISTS:
+            out.append(f"{where}: jitter_dist {self.jitter_dist!r} unknown; use one of {', '.join(JITTER_DISTS)}")
+        if self.jitter_us > 0 and self.jitter_dist == "none":
+            out.append(f"{where}: jitter_us={self.jitter_us} but jitter_dist is 'none'; name a distribution")
+        if not 0 <= self.background_load < 1:
+            out.append(f"{where}: background_load must be in [0, 1), got {self.background_load!r}")
+        if self.background_load > 0 and not (self.rate_bps and self.rate_bps > 0):
+            out.append(f"{where}: background_load needs rate_bps > 0 (the router's line rate)")
+        if self.rate_bps is not None and not self.rate_bps > 0:
+            out.append(f"{where}: rate_bps must be > 0 or null, got {self.rate_bps!r}")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = "link") -> "LinkSpec":
+        """Build from a JSON object, rejecting unknown keys (a typo is an error)."""
+        if not isinstance(data, dict):
+            raise DelayEngineError(f"{where}: expected an object, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DelayEngineError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise DelayEngineError(f"{where}: {exc}") from None
+
+
+def validate_links(links: Sequence[LinkSpec]) -> None:
+    """Raise one :class:`DelayEngineError` listing every problem in ``links``."""
+    problems: list[str] = []
+    seen_names: set[str] = set()
+    seen_ifaces: dict[str, str] = {}
+    for link in links:
+        problems.extend(link.problems())
+        if link.name in seen_names:
+            problems.append(f"link {link.name!r}: duplicate link name")
+        seen_names.add(link.name)
+        for iface in (link.iface_a, link.iface_b):
+            if iface in seen_ifaces and seen_ifaces[iface] != link.name:
+                problems.append(f"link {link.name!r}: interface {iface!r} already used by link {seen_ifaces[iface]!r}")
+            seen_ifaces[iface] = link.name
+    if not links:
+        problems.append("no links given")
+    if problems:
+        raise DelayEngineError("; ".join(problems))
+
+
+def load_links(path: str | os.PathLike) -> list[LinkSpec]:
+    """Read a JSON list of link specs from ``path``.
+
+    Raises:
+        DelayEngineError: unreadable file, bad JSON, unknown fields or invalid values
+            (all problems in one message).
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DelayEngineError(f"{path}: cannot read link config: {exc}") from None
+    if not isinstance(raw, list):
+        raise DelayEngineError(f"{path}: expected a JSON list of link objects")
+    links = [LinkSpec.from_dict(item, where=f"{path}: [{i}]") for i, item in enumerate(raw)]
+    validate_links(links)
+    return links
+
+
+# --------------------------------------------------------------------------- pure model
+
+_NORMAL = statistics.NormalDist()
+_PARETO_SHAPE = 3.0  # shape used by netem's paretonormal table generator (iproute2 netem/)
+
+
+def _paretonormal_raw(u: float) -> float:
+    """Unscaled pareto-normal value at probability ``u`` (0 < u < 1).
+
+    netem documents ``paretonormal`` as "25 % pareto + 75 % normal". We combine
+    the two *at the same probability level*: 0.25 x Pareto(shape 3) quantile +
+    0.75 x standard-normal quantile. This gives a normal-like body with a heavy
+    right tail (late frames), which is what the distribution is used for.
+    """
+    pareto = (1.0 - u) ** (-1.0 / _PARETO_SHAPE)
+    return 0.25 * pareto + 0.75 * _NORMAL.inv_cdf(u)
+
+
+def _paretonormal_moments(points: int = 20000) -> tuple[float, float]:
+    # Midpoint rule over u; the (1-u)^(-1/3) tail is integrable so this converges.
+    vals = [_paretonormal_raw((i + 0.5) / points) for i in range(points)]
+    mean = math.fsum(vals) / points
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / points)
+    return mean, sd
+
+
+_PN_MOMENTS: tuple[float, float] | None = None
+
+
+class JitterSampler:
+    """Seeded jitter samples in microseconds, mean 0.
+
+    * ``none``: always 0.
+    * ``uniform``: uniform on [-j, +j] (netem's default for ``delay D J``).
+    * ``normal``: Gaussian with standard deviation j.
+    * ``paretonormal``: see :func:`_paretonormal_raw`; standardised here to mean 0
+      and standard deviation j (netem's table is not re-standardised, so its
+      spread differs slightly for the same j).
+    """
+
+    def __init__(self, dist: str, jitter_us: float, seed: int = 0):
+        if dist not in JITTER_DISTS:
+            raise DelayEngineError(f"unknown jitter distribution {dist!r}; use one of {', '.join(JITTER_DISTS)}")
+        self.dist = dist if jitter_us > 0 else "none"
+        self.jitter_us = float(jitter_us)
+        self._rng = random.Random(seed)
+        if self.dist == "paretonormal":
+            global _PN_MOMENTS
+            if _PN_MOMENTS is None:
+                _PN_MOMENTS = _paretonormal_moments()
+            self._pn_mean, self._pn_sd = _PN_MOMENTS
+
+    def sample_us(self) -> float:
+        """One jitter sample in microseconds."""
+        j = self.jitter_us
+        if self.dist == "none":
+            return 0.0
+        if self.dist == "uniform":
+            return self._rng.uniform(-j, j)
+        if self.dist == "normal":
+            return self._rng.gauss(0.0, j)
+        u = self._rng.random()
+        while u <= 0.0:  # inv_cdf(0) is undefined
+            u = self._rng.random()
+        return (_paretonormal_raw(u) - self._pn_mean) / self._pn_sd * j
+
+
+class RouterQueue:
+    """Queueing delay of a conventional store-and-forward router port.
+
+    Model: one FIFO server at ``rate_bps`` shared by real frames and *virtual*
+    cross-traffic. The cross-traffic is a Poisson stream of fixed-size frames
+    (``cross_frame_bytes``, default 1500 B) with mean arrival rate
+    ``background_load * rate_bps / (8 * cross_frame_bytes)``, i.e. it keeps the
+    server busy ``background_load`` of the time (an M/D/1 queue when real
+    traffic is light, mean wait rho*S/(2(1-rho)) for service time S).
+
+    The unfinished work W(t) (seconds of work in the queue) is advanced lazily
+    when a real frame arrives: each virtual arrival adds S, W drains at rate 1.
+    A real frame arriving at t waits W(t) and then takes its own service
+    time len*8/rate; its work is added to W, so a burst of real frames also
+    queues behind itself. When frames are far apart only the last ``horizon``
+    of virtual traffic is simulated (from an empty queue): a queue relaxes in
+    about S/(1-sqrt(rho))^2, and the horizon is many times that, so the state
+    seen is statistically the stationary one while the cost per frame stays
+    bounded (about lambda x min(gap, horizon) virtual arrivals).
+    """
+
+    def __init__(self, background_load: float, rate_bps: float, seed: int = 0, cross_frame_bytes: int = 1500):
+        if not 0 <= background_load < 1:
+            raise DelayEngineError(f"background_load must be in [0, 1), got {background_load!r}")
+        if not rate_bps > 0:
+            raise DelayEngineError(f"rate_bps must be > 0, got {rate_bps!r}")
+        self.load = float(background_load)
+        self.rate_bps = float(rate_bps)
+        self._rng = random.Random(seed)
+        self._s_cross_ns = cross_frame_bytes * 8 / self.rate_bps * 1e9
+        self._lambda_per_ns = self.load / self._s_cross_ns if self.load > 0 else 0.0
+        relax_ns = self._s_cross_ns / (1 - math.sqrt(self.load)) ** 2
+        self.horizon_ns = 20 * relax_ns
+        self._work_ns = 0.0  # unfinished work at time _t_ns
+        self._t_ns: float | None = None
+        self._next_cross_ns = math.inf
+
+    def _restart(self, t_ns: float) -> None:
+        self._t_ns = t_ns
+        self._work_ns = 0.0
+        self._next_cross_ns = t_ns + self._rng.expovariate(self._lambda_per_ns) if self._lambda_per_ns else math.inf
+
+    def delay_ns(self, t_ns: float, frame_bytes: int) -> float:
+        """Wait + own service time (ns) of a real frame of ``frame_bytes`` arriving at ``t_ns``."""
+        if self._t_ns is None or t_ns - self._t_ns > self.horizon_ns:
+            self._restart(t_ns - self.horizon_ns if self._lambda_per_ns else t_ns)
+        elif t_ns < self._t_ns:
+            t_ns = self._t_ns  # timestamps can step back by a few ns between sockets
+        work, t_prev, nxt = self._work_ns, self._t_ns, self._next_cross_ns
+        s_cross, lam, expo = self._s_cross_ns, self._lambda_per_ns, self._rng.expovariate
+        while nxt <= t_ns:
+            work = max(0.0, work - (nxt - t_prev)) + s_cross
+            t_prev = nxt
+            nxt += expo(lam)
+        work = max(0.0, work - (t_ns - t_prev))
+        own = frame_bytes * 8 / self.rate_bps * 1e9
+        self._work_ns, self._t_ns, self._next_cross_ns = work + own, t_ns, nxt
+        return work + own
+
+
+class DepartureScheduler:
+    """Departure times for one direction of one link, never reordering.
+
+    ``departure(arrival_ns, frame_bytes)`` =
+    max(arrival + [router wait + service] + delay + jitter, previous departure),
+    with the per-frame delay clamped at >= 0 (a jitter sample can be negative).
+    """
+
+    def __init__(self, delay_us: float, jitter: JitterSampler | None = None, router: RouterQueue | None = None):
+        self.delay_ns = int(round(delay_us * 1000))
+        self.jitter = jitter if jitter is not None and jitter.dist != "none" else None
+        self.router = router
+        self.last_departure_ns = 0
+
+    def departure(self, arrival_ns: int, frame_bytes: int = 0) -> int:
+        extra = self.delay_ns
+        if self.jitter is not None:
+            extra += int(self.jitter.sample_us() * 1000)
+            if extra < 0:
+                extra = 0
+        if self.router is not None:
+            extra += int(self.router.delay_ns(arrival_ns, frame_bytes))
+        dep = arrival_ns + extra
+        if dep < self.last_departure_ns:
+            dep = self.last_departure_ns
+        self.last_departure_ns = dep
+        return dep
+
+
+def schedulers_for(link: LinkSpec) -> tuple[DepartureScheduler, DepartureScheduler]:
+    """The (a->b, b->a) schedulers for a link, each direction with its own seeded streams."""
+    out = []
+    for direction in (0, 1):
+        seed = link.seed * 2 + direction
+        jitter = JitterSampler(link.jitter_dist, link.jitter_us, seed=seed)
+        router = None
+        if link.background_load > 0 and link.rate_bps:
+            router = RouterQueue(link.background_load, link.rate_bps, seed=seed + 1_000_003)
+        out.append(DepartureScheduler(link.delay_us, jitter, router))
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------- Linux plumbing
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def set_timer_slack_ns(ns: int = 1) -> bool:
+    """Ask the kernel not to defer our timer wake-ups (default slack is 50 us)."""
+    try:
+        return _libc().prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(ns), 0, 0, 0) == 0
+    except OSError:
+        return False
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+class TimerFd:
+    """An absolute CLOCK_REALTIME timerfd (Python 3.11 has no os.timerfd_*)."""
+
+    def __init__(self) -> None:
+        self._libc = _libc()
+        fd = self._libc.timerfd_create(CLOCK_REALTIME, TFD_NONBLOCK | TFD_CLOEXEC)
+        if fd < 0:
+            err = ctypes.get_errno()
+            raise DelayEngineError(f"timerfd_create failed: {os.strerror(err)}")
+        self.fd = fd
+        self._spec = _Itimerspec()
+        self._spec_ref = ctypes.byref(self._spec)
+        self._settime = self._libc.timerfd_settime
+        self.armed_ns = 0
+
+    def arm(self, deadline_ns: int) -> None:
+        value = self._spec.it_value
+        value.tv_sec, value.tv_nsec = divmod(deadline_ns, 1_000_000_000)
+        if self._settime(self.fd, TFD_TIMER_ABSTIME, self._spec_ref, None) != 0:
+            raise DelayEngineError(f"timerfd_settime failed: {os.strerror(ctypes.get_errno())}")
+        self.armed_ns = deadline_ns
+
+    def clear(self) -> None:
+        try:
+            os.read(self.fd, 8)
+        except BlockingIOError:
+            pass
+        self.armed_ns = 0
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _run_checked(args: list[str], what: str) -> None:
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DelayEngineError(f"{what} failed ({' '.join(args)}): {proc.stderr.strip() or proc.stdout.strip()}")
+
+
+def prepare_interface(ifname: str) -> None:
+    """Make ``ifname`` fit for frame forwarding: offloads off, IPv6 off, link up.
+
+    Offloads must be off: with TSO/GSO/GRO the engine would read 64 KB
+    super-frames that cannot be sent as one frame. IPv6 is disabled on these
+    root-side ends so the root namespace does not send its own router
+    solicitations into the emulated link.
+
+    Raises:
+        DelayEngineError: ``ethtool`` or ``ip`` missing, or a command failed.
+    """
+    ethtool, ip = shutil.which("ethtool"), shutil.which("ip")
+    if not ethtool:
+        raise DelayEngineError("ethtool not found; install it (apt-get install ethtool): "
+                               "offloads must be off on delay-engine interfaces")
+    if not ip:
+        raise DelayEngineError("ip (iproute2) not found; install iproute2")
+    # Some drivers reject some features; each one is set separately so one refusal
+    # does not hide the others, then the result is checked.
+    for feature in ("tso", "gso", "gro", "tx", "rx"):
+        subprocess.run([ethtool, "-K", ifname, feature, "off"], capture_output=True)
+    out = subprocess.run([ethtool, "-k", ifname], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise DelayEngineError(f"ethtool -k {ifname} failed: {out.stderr.strip()}")
+    still_on = [line.split(":")[0] for line in out.stdout.splitlines()
+                if line.split(":")[0].strip() in ("tcp-segmentation-offload", "generic-segmentation-offload",
+                                                  "generic-receive-offload")
+                and line.split(":")[1].strip().startswith("on")]
+    if still_on:
+        raise DelayEngineError(f"{ifname}: could not switch off {', '.join(still_on)}")
+    v6 = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
+    if v6.exists():
+        try:
+            v6.write_text("1")
+        except OSError:
+            pass
+    _run_checked([ip, "link", "set", "dev", ifname, "up"], f"bringing {ifname} up")
+
+
+def _iface_mtu(ifname: str) -> int:
+    try:
+        return int(Path(f"/sys/class/net/{ifname}/mtu").read_text())
+    except (OSError, ValueError):
+        return 1500
+
+
+def open_packet_socket(ifname: str) -> socket.socket:
+    """A raw AF_PACKET socket bound to ``ifname``: all frames, kernel RX timestamps,
+    own sends ignored, promiscuous, large buffers.
+
+    Raises:
+        DelayEngineError: the interface does not exist or we lack CAP_NET_RAW.
+    """
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except PermissionError:
+        raise DelayEngineError("raw sockets need root (CAP_NET_RAW); run the delay engine as root") from None
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        for opt, fallback in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, fallback, SOCKET_BUFFER_BYTES)
+        sock.bind((ifname, ETH_P_ALL))
+        ifindex = socket.if_nametoindex(ifname)
+        # struct packet_mreq { int ifindex; u16 type; u16 alen; u8 address[8]; }
+        sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b""))
+    except OSError as exc:
+        sock.close()
+        raise DelayEngineError(f"{ifname}: cannot open packet socket: {exc}") from None
+    # Receive with MSG_DONTWAIT; sends stay blocking so a full socket buffer is
+    # back-pressure rather than a drop.
+    return sock
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass
+class DirectionStats:
+    frames: int = 0
+    bytes: int = 0
+    drops: int = 0
+    late_sum_ns: int = 0
+    late_max_ns: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "drops": self.drops,
+            "mean_lateness_us": round(self.late_sum_ns / self.frames / 1000, 3) if self.frames else 0.0,
+            "max_lateness_us": round(self.late_max_ns / 1000, 3),
+        }
+
+
+@dataclass
+class _Direction:
+    name: str
+    in_sock: socket.socket
+    out_sock: socket.socket
+    sched: DepartureScheduler
+    stats: DirectionStats = field(default_factory=DirectionStats)
+    queued: int = 0
+
+
+class DelayEngine:
+    """The forwarding loop for a set of links (see the module docstring)."""
+
+    def __init__(self, links: Sequence[LinkSpec], *, spin_us: float = DEFAULT_SPIN_US, prepare: bool = True):
+        validate_links(links)
+        self.links = list(links)
+        self.spin_ns = int(spin_us * 1000)
+        self._socks: dict[str, socket.socket] = {}
+        self._dirs: list[_Direction] = []
+        self._by_fd: dict[int, _Direction] = {}
+        self._timer: TimerFd | None = None
+        self._epoll: select.epoll | None = None
+        self._bufsize = 2048
+        try:
+            for link in self.links:
+                for iface in (link.iface_a, link.iface_b):
+                    if prepare:
+                        prepare_interface(iface)
+                    self._socks[iface] = open_packet_socket(iface)
+                    # + Ethernet header, VLAN tags; the frame is truncated (and counted) if bigger
+                    self._bufsize = max(self._bufsize, _iface_mtu(iface) + 64)
+                ab, ba = schedulers_for(link)
+                sa, sb = self._socks[link.iface_a], self._socks[link.iface_b]
+                for d in (_Direction(f"{link.name}:a->b", sa, sb, ab), _Direction(f"{link.name}:b->a", sb, sa, ba)):
+                    self._dirs.append(d)
+                    self._by_fd[d.in_sock.fileno()] = d
+            self._timer = TimerFd()
+            self._epoll = select.epoll()
+            for fd in self._by_fd:
+                self._epoll.register(fd, select.EPOLLIN)
+            self._epoll.register(self._timer.fd, select.EPOLLIN)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        if self._timer is not None:
+            self._timer.close()
+            self._timer = None
+        for sock in self._socks.values():
+            sock.close()
+        self._socks.clear()
+
+    def stats(self) -> dict:
+        """Per link, per direction: frames, bytes, drops, mean/max send lateness (us)."""
+        out: dict[str, dict] = {}
+        for d in self._dirs:
+            link, direction = d.name.rsplit(":", 1)
+            out.setdefault(link, {})[direction] = d.stats.as_dict()
+        return out
+
+    def run(self, stop: threading.Event) -> None:
+        """Forward frames until ``stop`` is set. The hot loop; locals are bound for speed."""
+        set_timer_slack_ns(1)
+        heap: list = []
+        push, pop = heapq.heappush, heapq.heappop
+        counter = itertools.count()
+        clock = time.time_ns
+        ts_unpack = struct.Struct("qq").unpack_from
+        bufsize = self._bufsize
+        ancsize = socket.CMSG_SPACE(16)
+        dontwait, trunc = socket.MSG_DONTWAIT, socket.MSG_TRUNC
+        by_fd = self._by_fd
+        timer = self._timer
+        timer_fd = timer.fd
+        epoll_poll = self._epoll.poll
+        spin_ns = self.spin_ns
+        stop_is_set = stop.is_set
+        max_queued = MAX_QUEUED_FRAMES
+
+        def drain(d: _Direction) -> None:
+            recvmsg = d.in_sock.recvmsg
+            departure = d.sched.departure
+            st = d.stats
+            for _ in range(RECV_BATCH):
+                try:
+                    data, anc, flags, _addr = recvmsg(bufsize, ancsize, dontwait)
+                except BlockingIOError:
+                    return
+                if flags & trunc or d.queued >= max_queued:
+                    st.drops += 1
+                    continue
+                if anc:
+                    sec, nsec = ts_unpack(anc[0][2])
+                    arrival = sec * 1_000_000_000 + nsec
+                else:
+                    arrival = clock()
+                d.queued += 1
+                push(heap, (departure(arrival, len(data)), next(counter), d, data))
+
+        timeout = 0.0
+        while not stop_is_set():
+            for fd, _ev in epoll_poll(timeout):
+                d = by_fd.get(fd)
+                if d is not None:
+                    drain(d)
+                elif fd == timer_fd:
+                    timer.clear()
+            # Send everything that is due; spin to a deadline that is near.
+            while heap:
+                dep = heap[0][0]
+                now = clock()
+                wait = dep - now
+                if wait > spin_ns:
+                    break
+                if wait > 0:
+                    while clock() < dep:
+                        pass
+                    now = clock()
+                _dep, _n, d, data = pop(heap)
+                try:
+                    d.out_sock.send(data)
+                except OSError:
+                    d.stats.drops += 1
+                    d.queued -= 1
+                    continue
+                late = now - dep
+                st = d.stats
+                st.frames += 1
+                st.bytes += len(data)
+                st.late_sum_ns += late
+                if late > st.late_max_ns:
+                    st.late_max_ns = late
+                d.queued -= 1
+                # New arrivals may be waiting; take them before a long run of sends
+                # so their kernel timestamps are honoured promptly.
+                if (_n & 31) == 0:
+                    break
+            if heap:
+                wake = heap[0][0] - spin_ns
+                if wake - clock() > 0:
+                    if timer.armed_ns != wake:
+                        timer.arm(wake)
+                    timeout = MAX_BLOCK_S
+                else:
+                    timeout = 0.0
+            else:
+                timeout = MAX_BLOCK_S
+
+
+def run_engine(links: Sequence[LinkSpec], stop: threading.Event, *, spin_us: float = DEFAULT_SPIN_US,
+               prepare: bool = True, on_ready: Callable[[], None] | None = None) -> dict:
+    """Run the engine in this thread until ``stop`` is set; return per-link stats.
+
+    ``on_ready`` is called once every socket is bound.
+
+    Raises:
+        DelayEngineError: invalid links, missing tools, missing interfaces or privileges.
+    """
+    engine = DelayEngine(links, spin_us=spin_us, prepare=prepare)
+    try:
+        if on_ready is not None:
+            on_ready()
+        engine.run(stop)
+        return engine.stats()
+    finally:
+        engine.close()
+
+
+# --------------------------------------------------------------------------- subprocess wrapper
+
+
+class DelayEngineProcess:
+    """Run the engine as a child process (argument list, no shell) for the duration of a ``with``.
+
+    Example::
+
+        with DelayEngineProcess(links, workdir=tmp) as eng:
+            ...            # frames are being delayed
+        eng.stats          # per-link stats written by the engine on SIGTERM
+    """
+
+    def __init__(self, links: Sequence[LinkSpec], *, workdir: str | os.PathLike, ready_timeout_s: float = 10.0,
+                 spin_us: float = DEFAULT_SPIN_US, python: str = sys.executable, prepare: bool = True):
+        validate_links(links)
+        self.links = list(links)
+        self.workdir = Path(workdir)
+        self.ready_timeout_s = ready_timeout_s
+        self.spin_us = spin_us
+        self.python = python
+        self.prepare = prepare
+        self.proc: subprocess.Popen | None = None
+        self.stats: dict | None = None
+        self.config_path = self.workdir / "delay-engine-links.json"
+        self.ready_path = self.workdir / "delay-engine.ready"
+        self.stats_path = self.workdir / "delay-engine-stats.json"
+        self.stderr_path = self.workdir / "delay-engine.stderr"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def _stderr_tail(self) -> str:
+        try:
+            return self.stderr_path.read_text()[-2000:].strip()
+        except OSError:
+            return ""
+
+    def start(self) -> "DelayEngineProcess":
+        """Start the engine and wait until its sockets are bound.
+
+        Raises:
+            DelayEngineError: the engine exited or was not ready in time; the message
+                carries the engine's stderr.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for p in (self.ready_path, self.stats_path):
+            p.unlink(missing_ok=True)
+        self.config_path.write_text(json.dumps([dataclasses.asdict(link) for link in self.links], indent=1))
+        args = [self.python, "-m", "twin.emulation.delay_engine", "--config", str(self.config_path),
+                "--ready-file", str(self.ready_path), "--stats-file", str(self.stats_path),
+                "--spin-us", str(self.spin_us)]
+        if not self.prepare:
+            args.append("--no-prepare")
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not self.ready_path.exists():
+            if self.proc.poll() is not None:
+                raise DelayEngineError(f"delay engine exited with status {self.proc.returncode} before it was "
+                                       f"ready: {self._stderr_tail() or '(no stderr)'}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise DelayEngineError(f"delay engine not ready after {self.ready_timeout_s:.0f} s: "
+                                       f"{self._stderr_tail() or '(no stderr)'}")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> dict | None:
+        """SIGTERM the engine by PID, wait, and load its stats (None if it wrote none)."""
+        proc = self.proc
+        if proc is None:
+            return self.stats
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        try:
+            self.stats = json.loads(self.stats_path.read_text())
+        except (OSError, ValueError):
+            self.stats = None
+        return self.stats
+
+    def __enter__(self) -> "DelayEngineProcess":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m twin.emulation.delay_engine",
+                                     description="Userspace per-link delay/jitter engine (needs root).")
+    parser.add_argument("--config", required=True, help="JSON list of link specs (fields of LinkSpec)")
+    parser.add_argument("--ready-file", help="written once every socket is bound")
+    parser.add_argument("--stats-file", help="per-link stats written here on exit (JSON)")
+    parser.add_argument("--spin-us", type=float, default=DEFAULT_SPIN_US,
+                        help="busy-wait this long before each departure (default %(default)s)")
+    parser.add_argument("--no-prepare", action="store_true", help="do not touch offloads/IPv6/link state")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+
+    stop = threading.Event()
+
+    def on_signal(_signum, _frame):
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def on_ready() -> None:
+        if args.ready_file:
+            tmp = Path(args.ready_file + ".tmp")
+            tmp.write_text(f"{os.getpid()}\n")
+            tmp.replace(args.ready_file)  # atomic: a reader never sees a half file
+
+    try:
+        links = load_links(args.config)
+        stats = run_engine(links, stop, spin_us=args.spin_us, prepare=not args.no_prepare, on_ready=on_ready)
+    except TwinError as exc:
+        if args.debug:
+            raise
+        print(f"delay_engine: error: {exc}", file=sys.stderr)
+        return 2
+    if args.stats_file:
+        tmp = Path(args.stats_file + ".tmp")
+        tmp.write_text(json.dumps({"links": stats}, indent=1))
+        tmp.replace(args.stats_file)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""What the optical model would set up: lightpaths for site pairs, and SLO-feasible sites.
+
+Pairs are allocated one after another on a single occupancy map, as the
+controller does when it sets them up together, so a later pair can be blocked by
+earlier ones. The order is stated in the output:
+
+- ``file`` (default): sites in file order, pairs (i, j) with i before j;
+- ``longest-first``: pairs by decreasing shortest-route delay (the usual
+  heuristic to reduce blocking: long paths are the hardest to fit);
+- ``given``: the order of ``--pairs``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+
+from twin.errors import NoPathError, TwinError
+from twin.model.optics import OpticalNetwork
+from twin.model.rwa import Blocked, Lightpath, Occupancy, assign
+from twin.model.schema import Scenario, Topology
+
+ORDERS = ("file", "longest-first")
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    src: str
+    dst: str
+    lightpath: Lightpath | None
+    blocked: str | None = None
+
+    def to_dict(self) -> dict:
+        if self.lightpath is None:
+            return {"src": self.src, "dst": self.dst, "blocked": self.blocked}
+        data = self.lightpath.to_dict()
+        data.pop("id")
+        return data
+
+
+def parse_pairs(text: str, topology: Topology) -> list[tuple[str, str]]:
+    """``"fuk:osa,tyo:hkd"`` -> pairs; unknown sites are a one-line error."""
+    known = {s.id for s in topology.sites}
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b:
+            raise TwinError(f"--pairs: {item!r} is not a pair; write SRC:DST, e.g. fuk:osa")
+        for site in (a, b):
+            if site not in known:
+                raise TwinError(f"--pairs: unknown site {site!r}; use one of {', '.join(sorted(known))}")
+        if a == b:
+            raise TwinError(f"--pairs: {item!r} joins a site to itself; name two different sites")
+        pairs.append((a, b))
+    if not pairs:
+        raise TwinError("--pairs is empty; write SRC:DST[,SRC:DST...]")
+    return pairs
+
+
+def default_pairs(topology: Topology, order: str = "file") -> list[tuple[str, str]]:
+    ids = [s.id for s in topology.sites]
+    pairs = list(combinations(ids, 2))
+    if order == "longest-first":
+        network = OpticalNetwork(topology)
+
+        def delay(pair: tuple[str, str]) -> float:
+            try:
+                return network.shortest_delay(*pair)
+            except NoPathError:
+                return float("inf")
+
+        pairs.sort(key=delay, reverse=True)
+    elif order != "file":
+        raise TwinError(f"unknown order {order!r}; use one of {', '.join(ORDERS)}")
+    return pairs
+
+
+def plan_lightpaths(topology: Topology, pairs: list[tuple[str, str]]) -> list[PlanEntry]:
+    """Allocate one lightpath per pair, in order, on one occupancy map."""
+    occupancy = Occupancy(OpticalNetwork(topology))
+    entries = []
+    for index, (src, dst) in enumerate(pairs):
+        try:
+            lightpath = assign(occupancy, src, dst, lightpath_id=f"lp{index}")
+            entries.append(PlanEntry(src, dst, lightpath))
+        except (Blocked, NoPathError) as err:
+            entries.append(PlanEntry(src, dst, None, str(err)))
+    return entries
+
+
+@dataclass(frozen=True)
+class SloFeasibility:
+    service: str
+    region: str
+    site: str
+    rtt_ms: float
+    expected_ms: float
+    budget_ms: float
+
+    @property
+    def meets(self) -> bool:
+        return self.expected_ms <= self.budget_ms
+
+
+def slo_feasibility(scenario: Scenario, topology: Topology) -> list[SloFeasibility]:
+    """For each service, user region and candidate site: network RTT + service time vs budget.
+
+    The network part is the round trip over the fastest lightpath route; the same
+    site as the region costs no fibre. Measured latencies later correct this.
+    """
+    network = OpticalNetwork(topology)
+    rows = []
+    for service in scenario.services:
+        for demand in service.demand:
+            for site in topology.sites:
+                try:
+                    rtt = 2 * network.shortest_delay(demand.region, site.id)
+                except NoPathError:
+                    continue
+                expected = rtt + service.service_time
+                rows.append(SloFeasibility(service.id, demand.region, site.id, rtt * 1e3,
+                                           expected * 1e3, service.slo.latency * 1e3))
+    return rows
