@@ -7,9 +7,9 @@ it), which keeps every generated Linux interface name within 15 characters.
 Sites are numbered 1..N in file order (``index``).
 
 Per site ``s`` with index ``i``
-    switch ``s``                       OVS bridge acting as the site's ROADM and DC edge;
+    switch ``s``                       OVS bridge (tagged external_ids:twin-run=<run id>) acting as the site's ROADM and DC edge;
                                        datapath id ``i``
-    hosts ``s-c`` (compute), ``s-u`` (users of the region)
+    hosts ``s_c`` (compute), ``s_u`` (users of the region)
     host interface ``<host>-eth0`` on switch port 1 (compute) or 2 (users)
 
 Addresses (each host has both; the destination prefix picks the network)
@@ -21,8 +21,10 @@ Addresses (each host has both; the destination prefix picks the network)
 ARP is static (written into each host), so no broadcast crosses the optical layer.
 
 Per span ``a-b`` (ends in file order) and wavelength ``w`` (0-based)
-    switch ports  ``a-b-w<w>`` on a and ``b-a-w<w>`` on b
-    packet-network link ports ``a-b-pk`` on a and ``b-a-pk`` on b
+    switch ports  ``a_b_w<w>`` on a and ``b_a_w<w>`` on b
+    packet-network link ports ``a_b_pk`` on a and ``b_a_pk`` on b
+Generated names join ids with ``_``, which ids may not contain, so two different
+sites can never produce the same name (``a-b`` + ``c`` vs ``a`` + ``b-c``).
 The userspace delay engine sits in the middle of each inter-site link in a
 namespace of its own, on interfaces ``d<link>a`` / ``d<link>b`` (link = a global
 link number), so its interface names never collide with a switch's.
@@ -50,7 +52,7 @@ def check_ifname(name: str) -> str:
 
 
 def host_name(site: str, role: int) -> str:
-    return f"{site}-{HOST_ROLES[role]}"
+    return f"{site}_{HOST_ROLES[role]}"
 
 
 def host_ip(plane: int, site_index: int, role: int) -> str:
@@ -78,11 +80,11 @@ def vip_mac(service_index: int) -> str:
 
 
 def wavelength_port(local: str, remote: str, wavelength: int) -> str:
-    return check_ifname(f"{local}-{remote}-w{wavelength}")
+    return check_ifname(f"{local}_{remote}_w{wavelength}")
 
 
 def packet_port(local: str, remote: str) -> str:
-    return check_ifname(f"{local}-{remote}-pk")
+    return check_ifname(f"{local}_{remote}_pk")
 
 
 def engine_ifnames(link_number: int) -> tuple[str, str]:
