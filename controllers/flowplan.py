@@ -1,0 +1,218 @@
+"""Flow planning: the complete desired OpenFlow state of every switch, as plain data.
+
+Pure (no os-ken import) so that every rule is unit-tested without a switch. The
+controller never edits flows one by one: after any change it recomputes
+:func:`desired_flows` from its whole state (lightpaths, service VIPs) and pushes
+the :func:`diff` against what it installed. Deleting a lightpath therefore can
+never leave a stale rule behind, and a restarted controller converges by
+replacing everything with the desired set.
+
+Rules per switch of site ``s`` with index ``i`` (addresses: :mod:`twin.model.addressing`)
+
+======== =================================================== ============================================
+priority match                                               actions
+======== =================================================== ============================================
+0        table miss                                          drop (ARP is static: nothing to learn)
+100      ip, nw_dst = each local host's APN and packet IP    set eth_dst host MAC, output host port
+100      ip, nw_dst = 10.2.j.0/24 (j != i)                   output packet port of the next hop (by delay)
+200      ip, nw_dst = 10.1.j.0/24, at each END of a lightpath output the lightpath's wavelength port
+250      ip, nw_dst = VIP                                    hosting site: set eth_dst compute MAC, output
+                                                             compute port; a site with a lightpath to the
+                                                             hosting site: output that lightpath's port
+300      in_port = wavelength w port (TRANSIT of a lightpath) output wavelength w port to the next site
+======== =================================================== ============================================
+
+Transit rules match only ``in_port``: a ROADM cross-connects light without
+looking at packets, so everything on that wavelength passes and nothing else
+can enter it. End rules (add/drop) and VIP rules are the only places where IP
+decides a wavelength. Without a lightpath between two sites their APN
+addresses are unreachable (layer-1 faithful: no electrical hop-by-hop relay).
+Between one pair several lightpaths may exist; the oldest (first created)
+carries the pair's traffic, so the choice is deterministic and does not move
+when a newer one comes or goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import networkx as nx
+
+from twin.model import addressing as ad
+from twin.model.optics import OpticalNetwork, span_key
+from twin.model.portmap import PortMap
+from twin.model.rwa import Lightpath
+
+# The top 16 bits mark flows this app owns ("tw"); reconciliation deletes only
+# those, so flows another tool put in the switch survive a controller restart.
+COOKIE_APP = 0x7477 << 48
+COOKIE_MASK = 0xFFFF << 48
+
+# The low bits say which rule family a flow belongs to (readable in dump-flows).
+KIND_MISS, KIND_LOCAL, KIND_PACKET, KIND_ADD_DROP, KIND_VIP, KIND_TRANSIT = 1, 2, 3, 4, 5, 6
+
+PRIO_MISS = 0
+PRIO_LOCAL = 100
+PRIO_PACKET = 100
+PRIO_ADD_DROP = 200
+PRIO_VIP = 250
+PRIO_TRANSIT = 300
+
+TABLE = 0
+ETH_TYPE_IPV4 = 0x0800
+
+Match = tuple[tuple[str, object], ...]
+Action = tuple[str, object]
+
+
+@dataclass(frozen=True, order=True)
+class FlowSpec:
+    """One flow entry. ``match`` is a sorted tuple of (OXM field, value) pairs.
+
+    Field names are os-ken's OFPMatch keywords (``in_port``, ``eth_type``,
+    ``ipv4_dst``); an IPv4 prefix is written ``"10.1.2.0/24"``. Actions are
+    ``("set_eth_dst", mac)`` and ``("output", port)``; an empty tuple drops.
+    """
+
+    table: int
+    priority: int
+    match: Match
+    actions: tuple[Action, ...]
+    cookie: int
+
+    @property
+    def key(self) -> tuple[int, int, Match]:
+        """What identifies a flow entry in OpenFlow (table, priority, match)."""
+        return (self.table, self.priority, self.match)
+
+    def output_port(self) -> int | None:
+        for name, value in self.actions:
+            if name == "output":
+                return int(value)  # type: ignore[arg-type]
+        return None
+
+
+def flow(priority: int, kind: int, match: Mapping[str, object], actions: Iterable[Action] = ()) -> FlowSpec:
+    return FlowSpec(TABLE, priority, tuple(sorted(match.items())), tuple(actions), COOKIE_APP | kind)
+
+
+def _ip(dst: str) -> dict[str, object]:
+    return {"eth_type": ETH_TYPE_IPV4, "ipv4_dst": dst}
+
+
+def carriers(lightpaths: Iterable[Lightpath]) -> dict[tuple[str, str], Lightpath]:
+    """For each site pair (canonical order) the lightpath that carries its traffic: the oldest."""
+    result: dict[tuple[str, str], Lightpath] = {}
+    for lightpath in lightpaths:  # creation order
+        result.setdefault(span_key(lightpath.src, lightpath.dst), lightpath)
+    return result
+
+
+def end_port(portmap: PortMap, lightpath: Lightpath, site: str) -> int:
+    """The wavelength port through which ``site`` (one end of the lightpath) sends into it."""
+    sites = lightpath.route.sites
+    if site == sites[0]:
+        nxt = sites[1]
+    elif site == sites[-1]:
+        nxt = sites[-2]
+    else:
+        raise ValueError(f"{site} is not an end of lightpath {lightpath.id}")
+    return portmap.switches[site].wavelength_port(nxt, lightpath.wavelength).number
+
+
+def packet_next_hops(network: OpticalNetwork) -> dict[str, dict[str, str]]:
+    """site -> destination site -> next-hop site on the fastest working route of the packet network.
+
+    The conventional network runs over the same fibre, so a cut span is gone for it too.
+    Unreachable destinations are absent.
+    """
+    usable = nx.subgraph_view(network.graph, filter_edge=lambda a, b: span_key(a, b) not in network.down)
+    hops: dict[str, dict[str, str]] = {}
+    for src, paths in nx.all_pairs_dijkstra_path(usable, weight="delay_s"):
+        hops[src] = {dst: path[1] for dst, path in paths.items() if dst != src}
+    return hops
+
+
+def desired_flows(portmap: PortMap, network: OpticalNetwork, lightpaths: Iterable[Lightpath],
+                  vip_sites: Mapping[str, str]) -> dict[str, frozenset[FlowSpec]]:
+    """The complete flow table every switch should hold for this controller state.
+
+    ``lightpaths`` in creation order (the oldest of a pair carries its traffic);
+    ``vip_sites`` maps a service VIP to the site hosting it.
+    """
+    lightpaths = list(lightpaths)
+    flows: dict[str, set[FlowSpec]] = {site: set() for site in portmap.switches}
+    index = {site: sw.index for site, sw in portmap.switches.items()}
+    hops = packet_next_hops(network)
+
+    for site, sw in portmap.switches.items():
+        table = flows[site]
+        table.add(flow(PRIO_MISS, KIND_MISS, {}))
+        for port in sw.host_ports():
+            for ip in port.ips:
+                table.add(flow(PRIO_LOCAL, KIND_LOCAL, _ip(ip), (("set_eth_dst", port.mac), ("output", port.number))))
+        for other, other_index in index.items():
+            nxt = hops.get(site, {}).get(other)
+            if other != site and nxt is not None:
+                table.add(flow(PRIO_PACKET, KIND_PACKET, _ip(ad.site_prefix(ad.PACKET_PLANE, other_index)),
+                               (("output", sw.packet_port(nxt).number),)))
+
+    for lightpath in lightpaths:
+        sites = lightpath.route.sites
+        w = lightpath.wavelength
+        for prev, here, nxt in zip(sites, sites[1:], sites[2:]):
+            sw = portmap.switches[here]
+            a, b = sw.wavelength_port(prev, w).number, sw.wavelength_port(nxt, w).number
+            flows[here].add(flow(PRIO_TRANSIT, KIND_TRANSIT, {"in_port": a}, (("output", b),)))
+            flows[here].add(flow(PRIO_TRANSIT, KIND_TRANSIT, {"in_port": b}, (("output", a),)))
+
+    carrier = carriers(lightpaths)
+    for lightpath in carrier.values():
+        for here, there in ((lightpath.src, lightpath.dst), (lightpath.dst, lightpath.src)):
+            prefix = ad.site_prefix(ad.APN_PLANE, index[there])
+            flows[here].add(flow(PRIO_ADD_DROP, KIND_ADD_DROP, _ip(prefix),
+                                 (("output", end_port(portmap, lightpath, here)),)))
+
+    for vip, host_site in vip_sites.items():
+        compute = next(p for p in portmap.switches[host_site].host_ports() if p.role == ad.COMPUTE)
+        flows[host_site].add(flow(PRIO_VIP, KIND_VIP, _ip(vip),
+                                  (("set_eth_dst", compute.mac), ("output", compute.number))))
+        for site in portmap.switches:
+            lightpath = carrier.get(span_key(site, host_site))
+            if site != host_site and lightpath is not None:
+                flows[site].add(flow(PRIO_VIP, KIND_VIP, _ip(vip), (("output", end_port(portmap, lightpath, site)),)))
+
+    return {site: frozenset(table) for site, table in flows.items()}
+
+
+@dataclass(frozen=True)
+class FlowDiff:
+    """What turns one switch's installed flows into the desired ones.
+
+    Apply ``adds`` and ``modifies`` before ``deletes`` (make-before-break): a
+    packet then always finds either its old rule or its new one.
+    """
+
+    adds: tuple[FlowSpec, ...]
+    modifies: tuple[FlowSpec, ...]
+    deletes: tuple[FlowSpec, ...]
+
+    def __bool__(self) -> bool:
+        return bool(self.adds or self.modifies or self.deletes)
+
+
+def diff(installed: Iterable[FlowSpec], desired: Iterable[FlowSpec]) -> FlowDiff:
+    """Flows to add, modify (same table/priority/match, other actions) and delete; each sorted."""
+    have = {f.key: f for f in installed}
+    want = {f.key: f for f in desired}
+    adds = sorted(f for k, f in want.items() if k not in have)
+    modifies = sorted(f for k, f in want.items() if k in have and have[k] != f)
+    deletes = sorted(f for k, f in have.items() if k not in want)
+    return FlowDiff(tuple(adds), tuple(modifies), tuple(deletes))
+
+
+def describe(spec: FlowSpec) -> dict:
+    """JSON-friendly form of a flow (for the API and logs)."""
+    return {"table": spec.table, "priority": spec.priority, "match": dict(spec.match),
+            "actions": [list(a) for a in spec.actions], "cookie": hex(spec.cookie)}
