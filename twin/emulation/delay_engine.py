@@ -54,6 +54,7 @@ import itertools
 import json
 import logging
 import math
+import mmap
 import os
 import random
 import select
@@ -82,6 +83,18 @@ SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_IGNORE_OUTGOING = 23
+PACKET_QDISC_BYPASS = 20
+PACKET_RX_RING = 5
+PACKET_VERSION = 10
+TPACKET_V2 = 1
+TP_STATUS_USER = 0x1
+TP_STATUS_COPY = 0x2
+TP_STATUS_LOSING = 0x4
+TP_STATUS_VLAN_VALID = 0x10
+TP_STATUS_VLAN_TPID_VALID = 0x40
+# struct tpacket2_hdr: status, len, snaplen, mac, net, sec, nsec, vlan_tci, vlan_tpid, pad[4]
+TPACKET2_HDR = struct.Struct("IIIHHIIHH4x")
+RING_FRAMES = 4096
 SO_TIMESTAMPNS = 35  # == SCM_TIMESTAMPNS
 SO_RCVBUFFORCE = 33
 SO_SNDBUFFORCE = 32
@@ -93,6 +106,8 @@ TFD_TIMER_ABSTIME = 1
 
 DEFAULT_SPIN_US = 100.0
 RECV_BATCH = 64
+SEND_BATCH = 64
+POLL_SPIN_NS = 15_000  # last stretch before a departure is a pure spin
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 MAX_QUEUED_FRAMES = 200_000
 MAX_BLOCK_S = 0.05  # bound on a blocking wait so a stop request is seen quickly
@@ -495,6 +510,9 @@ def open_packet_socket(ifname: str) -> socket.socket:
         raise DelayEngineError("raw sockets need root (CAP_NET_RAW); run the delay engine as root") from None
     try:
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        # Our sends skip the egress qdisc: the delay is applied here, and a qdisc
+        # on the engine's own interfaces would only add latency and CPU.
+        sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         for opt, fallback in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
             try:
@@ -511,6 +529,33 @@ def open_packet_socket(ifname: str) -> socket.socket:
     # Receive with MSG_DONTWAIT; sends stay blocking so a full socket buffer is
     # back-pressure rather than a drop.
     return sock
+
+
+class RxRing:
+    """A TPACKET_V2 receive ring on a packet socket.
+
+    Why: Python's ``socket.recvmsg`` on AF_PACKET builds an address tuple for
+    every frame, and doing so costs an extra ``ioctl(SIOCGIFNAME)`` syscall per
+    frame (seen with strace); with the ring the kernel writes frames and their
+    receive timestamps (the same software timestamp ``SO_TIMESTAMPNS`` gives)
+    into shared memory and reading a frame needs no syscall at all.
+    """
+
+    def __init__(self, sock: socket.socket, mtu: int):
+        frame_size = 1 << max(11, (mtu + 160 - 1).bit_length())  # header + padding + frame, power of two
+        per_block = max(1, 65536 // frame_size)
+        block_size = per_block * frame_size
+        blocks = max(1, RING_FRAMES // per_block)
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("IIII", block_size, blocks, frame_size,
+                                                               per_block * blocks))
+        self.frame_size = frame_size
+        self.size = block_size * blocks  # frames are contiguous because block_size = n * frame_size
+        self.mm = mmap.mmap(sock.fileno(), self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        self.offset = 0
+
+    def close(self) -> None:
+        self.mm.close()
 
 
 # --------------------------------------------------------------------------- engine
@@ -542,6 +587,7 @@ class _Direction:
     sched: DepartureScheduler
     stats: DirectionStats = field(default_factory=DirectionStats)
     queued: int = 0
+    ring: RxRing | None = None
 
 
 class DelayEngine:
@@ -557,17 +603,19 @@ class DelayEngine:
         self._timer: TimerFd | None = None
         self._epoll: select.epoll | None = None
         self._bufsize = 2048
+        self._rings: dict[str, RxRing] = {}
         try:
             for link in self.links:
                 for iface in (link.iface_a, link.iface_b):
                     if prepare:
                         prepare_interface(iface)
                     self._socks[iface] = open_packet_socket(iface)
-                    # + Ethernet header, VLAN tags; the frame is truncated (and counted) if bigger
-                    self._bufsize = max(self._bufsize, _iface_mtu(iface) + 64)
+                    self._rings[iface] = RxRing(self._socks[iface], _iface_mtu(iface))
                 ab, ba = schedulers_for(link)
                 sa, sb = self._socks[link.iface_a], self._socks[link.iface_b]
-                for d in (_Direction(f"{link.name}:a->b", sa, sb, ab), _Direction(f"{link.name}:b->a", sb, sa, ba)):
+                ra, rb = self._rings[link.iface_a], self._rings[link.iface_b]
+                for d in (_Direction(f"{link.name}:a->b", sa, sb, ab, ring=ra),
+                          _Direction(f"{link.name}:b->a", sb, sa, ba, ring=rb)):
                     self._dirs.append(d)
                     self._by_fd[d.in_sock.fileno()] = d
             self._timer = TimerFd()
@@ -586,6 +634,9 @@ class DelayEngine:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
         for sock in self._socks.values():
             sock.close()
         self._socks.clear()
@@ -605,10 +656,9 @@ class DelayEngine:
         push, pop = heapq.heappush, heapq.heappop
         counter = itertools.count()
         clock = time.time_ns
-        ts_unpack = struct.Struct("qq").unpack_from
-        bufsize = self._bufsize
-        ancsize = socket.CMSG_SPACE(16)
-        dontwait, trunc = socket.MSG_DONTWAIT, socket.MSG_TRUNC
+        hdr_unpack = TPACKET2_HDR.unpack_from
+        status_unpack = struct.Struct("I").unpack_from
+        release = bytes(4)  # TP_STATUS_KERNEL
         by_fd = self._by_fd
         timer = self._timer
         timer_fd = timer.fd
@@ -618,24 +668,29 @@ class DelayEngine:
         max_queued = MAX_QUEUED_FRAMES
 
         def drain(d: _Direction) -> None:
-            recvmsg = d.in_sock.recvmsg
+            ring = d.ring
+            mm, off, fsize, rsize = ring.mm, ring.offset, ring.frame_size, ring.size
             departure = d.sched.departure
-            st = d.stats
             for _ in range(RECV_BATCH):
-                try:
-                    data, anc, flags, _addr = recvmsg(bufsize, ancsize, dontwait)
-                except BlockingIOError:
-                    return
-                if flags & trunc or d.queued >= max_queued:
-                    st.drops += 1
+                if not status_unpack(mm, off)[0] & TP_STATUS_USER:
+                    break
+                status, length, snaplen, mac, _net, sec, nsec, tci, tpid = hdr_unpack(mm, off)
+                start = off + mac
+                data = mm[start:start + snaplen]
+                mm[off:off + 4] = release  # hand the slot back to the kernel
+                off += fsize
+                if off == rsize:
+                    off = 0
+                if snaplen < length or d.queued >= max_queued:
+                    d.stats.drops += 1
                     continue
-                if anc:
-                    sec, nsec = ts_unpack(anc[0][2])
-                    arrival = sec * 1_000_000_000 + nsec
-                else:
-                    arrival = clock()
+                if status & TP_STATUS_VLAN_VALID:
+                    # The kernel took the 802.1Q tag out of the frame; put it back.
+                    tag = struct.pack("!HH", tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100, tci)
+                    data = data[:12] + tag + data[12:]
                 d.queued += 1
-                push(heap, (departure(arrival, len(data)), next(counter), d, data))
+                push(heap, (departure(sec * 1_000_000_000 + nsec, len(data)), next(counter), d, data))
+            ring.offset = off
 
         timeout = 0.0
         while not stop_is_set():
@@ -645,23 +700,40 @@ class DelayEngine:
                     drain(d)
                 elif fd == timer_fd:
                     timer.clear()
-            # Send everything that is due; spin to a deadline that is near.
-            while heap:
-                dep = heap[0][0]
+            timeout = 0.0
+            if not heap:
+                timeout = MAX_BLOCK_S
+                continue
+            now = clock()
+            wait = heap[0][0] - now
+            if wait > spin_ns:
+                # Far from the next departure: sleep on the timer (and the sockets).
+                # Re-arm only if the armed wake-up is missing or too late; an early
+                # wake-up costs one loop, a timerfd_settime per frame costs more.
+                wake = heap[0][0] - spin_ns
+                armed = timer.armed_ns
+                if armed == 0 or armed > wake or armed <= now:
+                    timer.arm(wake)
+                timeout = MAX_BLOCK_S
+                continue
+            if wait > POLL_SPIN_NS:
+                # Near: keep polling the sockets (epoll with timeout 0) while we wait,
+                # so the wait does useful work under load.
+                continue
+            while clock() < heap[0][0]:
+                pass
+            # Send everything due now, in departure order.
+            sent = 0
+            while heap and sent < SEND_BATCH:
                 now = clock()
-                wait = dep - now
-                if wait > spin_ns:
+                if heap[0][0] > now:
                     break
-                if wait > 0:
-                    while clock() < dep:
-                        pass
-                    now = clock()
-                _dep, _n, d, data = pop(heap)
+                dep, _n, d, data = pop(heap)
+                d.queued -= 1
                 try:
                     d.out_sock.send(data)
                 except OSError:
                     d.stats.drops += 1
-                    d.queued -= 1
                     continue
                 late = now - dep
                 st = d.stats
@@ -670,21 +742,7 @@ class DelayEngine:
                 st.late_sum_ns += late
                 if late > st.late_max_ns:
                     st.late_max_ns = late
-                d.queued -= 1
-                # New arrivals may be waiting; take them before a long run of sends
-                # so their kernel timestamps are honoured promptly.
-                if (_n & 31) == 0:
-                    break
-            if heap:
-                wake = heap[0][0] - spin_ns
-                if wake - clock() > 0:
-                    if timer.armed_ns != wake:
-                        timer.arm(wake)
-                    timeout = MAX_BLOCK_S
-                else:
-                    timeout = 0.0
-            else:
-                timeout = MAX_BLOCK_S
+                sent += 1
 
 
 def tune_process(*, rt_priority: int = 0, cpu: int | None = None, freeze_gc: bool = True) -> list[str]:
@@ -752,8 +810,10 @@ class DelayEngineProcess:
 
     def __init__(self, links: Sequence[LinkSpec], *, workdir: str | os.PathLike, ready_timeout_s: float = 10.0,
                  spin_us: float = DEFAULT_SPIN_US, python: str = sys.executable, prepare: bool = True,
-                 rt_priority: int = 0, cpu: int | None = None):
+                 rt_priority: int = 0, cpu: int | None = None, exec_prefix: Sequence[str] = ()):
         validate_links(links)
+        # e.g. ["mnexec", "-a", PID]: run inside a Mininet node's namespaces (mnexec execs, so the PID stays ours)
+        self.exec_prefix = list(exec_prefix)
         self.links = list(links)
         self.workdir = Path(workdir)
         self.ready_timeout_s = ready_timeout_s
@@ -790,7 +850,7 @@ class DelayEngineProcess:
         for p in (self.ready_path, self.stats_path):
             p.unlink(missing_ok=True)
         self.config_path.write_text(json.dumps([dataclasses.asdict(link) for link in self.links], indent=1))
-        args = [self.python, "-m", "twin.emulation.delay_engine", "--config", str(self.config_path),
+        args = [*self.exec_prefix, self.python, "-m", "twin.emulation.delay_engine", "--config", str(self.config_path),
                 "--ready-file", str(self.ready_path), "--stats-file", str(self.stats_path),
                 "--spin-us", str(self.spin_us)]
         if not self.prepare:
