@@ -1,0 +1,491 @@
+"""STAMP-like delay probes (in the spirit of RFC 8762 / TWAMP-light, not wire-compatible).
+
+A *sender* emits timestamped, sequence-numbered UDP probes at a fixed rate; a
+*reflector* echoes each one, adding its own receive and send timestamps and its
+own receive sequence number. Sender and reflector run in different network
+namespaces of the same machine, so they share CLOCK_REALTIME (time namespaces
+only virtualise the monotonic/boot clocks) and one-way delays are meaningful.
+
+Timestamps (all CLOCK_REALTIME ns):
+
+* t1: sender, just before ``sendto`` (userspace);
+* t2: reflector, kernel receive timestamp (``SO_TIMESTAMPNS``);
+* t3: reflector, just before ``sendto``;
+* t4: sender, kernel receive timestamp.
+
+forward = t2 - t1, backward = t4 - t3, rtt = (t4 - t1) - (t3 - t2).
+
+Wire format (network byte order, ``PROBE_STRUCT``): magic ``b"TWPR"``, version,
+flags, 2 pad bytes, sender seq (u32), reflector seq (u32, 0 from the sender),
+t1, t2, t3 (u64 each), then zero padding up to ``--size`` bytes of UDP payload.
+
+CLI::
+
+    python -m twin.emulation.probe reflect --bind IP --port P
+    python -m twin.emulation.probe send --dst IP --port P --rate 1000 --count N \
+        [--size B] [--json] [--samples]
+
+JSON output of ``send --json`` (schema ``twin.probe/1``, stable)::
+
+    {"schema": "twin.probe/1",
+     "summary": {"sent", "received", "lost", "loss_ratio", "duplicates",
+                 "reordered", "reordered_forward", "reordered_backward",
+                 "rate_pps_requested", "rate_pps_achieved", "size_bytes",
+                 "forward_us" | "backward_us" | "rtt_us":
+                     {"n", "min", "median", "mean", "p99", "max", "stdev", "rfc3550_jitter"}},
+     "samples": [[seq, reflector_seq, forward_us, backward_us, rtt_us], ...]   # with --samples
+
+Definitions: percentiles interpolate linearly between order statistics
+(numpy's default, "type 7"); ``stdev`` is the population standard deviation;
+``rfc3550_jitter`` is RFC 3550's J += (|D| - J)/16 over consecutive packets in
+arrival order (forward: order the reflector received them; backward and rtt:
+order the sender received the replies). ``reordered`` counts replies arriving
+at the sender with a sequence number below the highest seen so far (RFC 4737's
+"reordered" notion); ``reordered_forward`` does the same at the reflector
+(using its receive sequence), ``reordered_backward`` does it for the return
+path only. Duplicates are replies whose sequence number was already seen; they
+are excluded from the delay statistics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import dataclasses
+import json
+import math
+import select
+import socket
+import struct
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from twin.errors import TwinError
+
+SCHEMA = "twin.probe/1"
+MAGIC = b"TWPR"
+VERSION = 1
+PROBE_STRUCT = struct.Struct("!4sBBHIIQQQ")
+MIN_SIZE = PROBE_STRUCT.size  # 40 bytes of UDP payload
+SO_TIMESTAMPNS = 35
+PR_SET_TIMERSLACK = 29
+SPIN_NS = 150_000  # busy-wait the last 150 us before each send (select wakes late otherwise)
+
+
+class ProbeError(TwinError):
+    """The probe tool could not run (bad arguments, socket errors)."""
+
+
+# --------------------------------------------------------------------------- pure statistics
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reply as the sender saw it (ns timestamps, see the module docstring)."""
+
+    seq: int
+    reflector_seq: int
+    t1: int
+    t2: int
+    t3: int
+    t4: int
+
+    @property
+    def forward_ns(self) -> int:
+        return self.t2 - self.t1
+
+    @property
+    def backward_ns(self) -> int:
+        return self.t4 - self.t3
+
+    @property
+    def rtt_ns(self) -> int:
+        return (self.t4 - self.t1) - (self.t3 - self.t2)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy "linear"/type 7), ``q`` in [0, 100].
+
+    >>> percentile([1, 2, 3, 4], 50)
+    2.5
+    >>> percentile([10, 20, 30], 100)
+    30.0
+
+    Raises:
+        ValueError: empty input or q outside [0, 100].
+    """
+    if not values:
+        raise ValueError("percentile of an empty sequence")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be in [0, 100], got {q}")
+    s = sorted(values)
+    pos = (len(s) - 1) * q / 100
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return float(s[lo] + (s[hi] - s[lo]) * (pos - lo))
+
+
+def rfc3550_jitter(transits: Sequence[float]) -> float:
+    """RFC 3550 section 6.4.1 interarrival jitter over transit times in arrival order.
+
+    J(i) = J(i-1) + (|D(i-1, i)| - J(i-1)) / 16 with D the difference of
+    consecutive transit times; J(0) = 0.
+
+    >>> rfc3550_jitter([10, 26])
+    1.0
+    """
+    j = 0.0
+    for prev, cur in zip(transits, transits[1:]):
+        j += (abs(cur - prev) - j) / 16
+    return j
+
+
+def count_reordered(seqs: Iterable[int]) -> int:
+    """Packets whose sequence number is below the highest already seen (RFC 4737 style).
+
+    >>> count_reordered([1, 2, 4, 3, 5])
+    1
+    """
+    n, highest = 0, None
+    for s in seqs:
+        if highest is not None and s < highest:
+            n += 1
+        else:
+            highest = s
+    return n
+
+
+@dataclass(frozen=True)
+class DelayStats:
+    """Summary of one delay series, microseconds."""
+
+    n: int
+    min: float
+    median: float
+    mean: float
+    p99: float
+    max: float
+    stdev: float
+    rfc3550_jitter: float
+
+    @classmethod
+    def of(cls, values_us: Sequence[float]) -> "DelayStats":
+        """Statistics of ``values_us`` given in arrival order (the order matters for RFC 3550 only)."""
+        if not values_us:
+            nan = float("nan")
+            return cls(0, nan, nan, nan, nan, nan, nan, nan)
+        n = len(values_us)
+        mean = math.fsum(values_us) / n
+        sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values_us) / n)
+        return cls(n, float(min(values_us)), percentile(values_us, 50), mean, percentile(values_us, 99),
+                   float(max(values_us)), sd, rfc3550_jitter(values_us))
+
+    def as_dict(self, ndigits: int = 3) -> dict:
+        return {k: (v if isinstance(v, int) or math.isnan(v) else round(v, ndigits))
+                for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ProbeSummary:
+    """The ``summary`` object of ``probe send --json`` (schema ``twin.probe/1``)."""
+
+    sent: int
+    received: int
+    lost: int
+    loss_ratio: float
+    duplicates: int
+    reordered: int
+    reordered_forward: int
+    reordered_backward: int
+    rate_pps_requested: float
+    rate_pps_achieved: float
+    size_bytes: int
+    forward_us: DelayStats
+    backward_us: DelayStats
+    rtt_us: DelayStats
+
+    def as_dict(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        for key in ("forward_us", "backward_us", "rtt_us"):
+            out[key] = out[key].as_dict()
+        return out
+
+    @classmethod
+    def from_json(cls, text_or_obj: str | dict) -> "ProbeSummary":
+        """Parse the full ``send --json`` output (or just its ``summary`` object).
+
+        Raises:
+            ProbeError: not valid JSON or not schema ``twin.probe/1``.
+        """
+        try:
+            obj = json.loads(text_or_obj) if isinstance(text_or_obj, str) else text_or_obj
+        except ValueError as exc:
+            raise ProbeError(f"probe output is not JSON: {exc}") from None
+        if "schema" in obj:
+            if obj["schema"] != SCHEMA:
+                raise ProbeError(f"probe output schema {obj['schema']!r}, expected {SCHEMA!r}")
+            obj = obj["summary"]
+        try:
+            kw = dict(obj)
+            for key in ("forward_us", "backward_us", "rtt_us"):
+                kw[key] = DelayStats(**{k: (float("nan") if v is None else v) for k, v in kw[key].items()})
+            return cls(**kw)
+        except (TypeError, KeyError) as exc:
+            raise ProbeError(f"probe summary is missing or has unknown fields: {exc}") from None
+
+
+def summarize(samples: Sequence[Sample], *, sent: int, rate_pps_requested: float = 0.0,
+              rate_pps_achieved: float = 0.0, size_bytes: int = MIN_SIZE) -> ProbeSummary:
+    """Loss, duplicates, reordering and delay statistics of replies in sender-arrival order."""
+    seen: set[int] = set()
+    unique: list[Sample] = []
+    duplicates = 0
+    for s in samples:
+        if s.seq in seen:
+            duplicates += 1
+            continue
+        seen.add(s.seq)
+        unique.append(s)
+    by_reflector = sorted(unique, key=lambda s: s.reflector_seq)
+    # Return-path order: the reflector sent in reflector_seq order, so reordering on the
+    # way back is reflector_seq going backwards at the sender.
+    lost = max(0, sent - len(unique))
+    return ProbeSummary(
+        sent=sent,
+        received=len(unique),
+        lost=lost,
+        loss_ratio=lost / sent if sent else 0.0,
+        duplicates=duplicates,
+        reordered=count_reordered(s.seq for s in unique),
+        reordered_forward=count_reordered(s.seq for s in by_reflector),
+        reordered_backward=count_reordered(s.reflector_seq for s in unique),
+        rate_pps_requested=rate_pps_requested,
+        rate_pps_achieved=round(rate_pps_achieved, 3),
+        size_bytes=size_bytes,
+        forward_us=DelayStats.of([s.forward_ns / 1000 for s in by_reflector]),
+        backward_us=DelayStats.of([s.backward_ns / 1000 for s in unique]),
+        rtt_us=DelayStats.of([s.rtt_ns / 1000 for s in unique]),
+    )
+
+
+def to_json(summary: ProbeSummary, samples: Sequence[Sample] | None = None) -> str:
+    out: dict = {"schema": SCHEMA, "summary": summary.as_dict()}
+    if samples is not None:
+        out["samples"] = [[s.seq, s.reflector_seq, s.forward_ns / 1000, s.backward_ns / 1000, s.rtt_ns / 1000]
+                          for s in samples]
+    # NaN (no replies) becomes null so the output is strict JSON.
+    return json.dumps(_nan_to_none(out))
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+def _set_timer_slack() -> None:
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").prctl(PR_SET_TIMERSLACK, ctypes.c_ulong(1), 0, 0, 0)
+    except OSError:
+        pass
+
+
+def _udp_socket(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    return sock
+
+
+_TS = struct.Struct("qq")
+
+
+def _kernel_ts(anc, fallback: int) -> int:
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            sec, nsec = _TS.unpack_from(data)
+            return sec * 1_000_000_000 + nsec
+    return fallback
+
+
+def reflect(bind: str, port: int, *, max_packets: int | None = None) -> None:
+    """Echo probes forever (or ``max_packets``), stamping t2 (kernel RX) and t3."""
+    _set_timer_slack()
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = _udp_socket(family)
+    sock.bind((bind, port))
+    anc_size = socket.CMSG_SPACE(16)
+    rseq = 0
+    clock = time.time_ns
+    pack_into, unpack_from = PROBE_STRUCT.pack_into, PROBE_STRUCT.unpack_from
+    while max_packets is None or rseq < max_packets:
+        data, anc, _flags, addr = sock.recvmsg(65535, anc_size)
+        t2 = _kernel_ts(anc, clock())
+        if len(data) < MIN_SIZE:
+            continue
+        magic, ver, flags, _pad, seq, _r, t1, _t2, _t3 = unpack_from(data)
+        if magic != MAGIC or ver != VERSION:
+            continue
+        rseq += 1
+        buf = bytearray(data)
+        pack_into(buf, 0, MAGIC, VERSION, flags, 0, seq, rseq, t1, t2, 0)
+        # t3 is written last, as close to sendto as Python allows.
+        struct.pack_into("!Q", buf, 32, clock())
+        sock.sendto(buf, addr)
+
+
+def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
+         wait_s: float = 1.0) -> tuple[list[Sample], float]:
+    """Send ``count`` probes at ``rate_pps``; return (replies in arrival order, achieved rate).
+
+    Pacing is on an absolute schedule (no drift): sleep in ``select`` until
+    ``SPIN_NS`` before each send time, then busy-wait; replies are read while
+    waiting. After the last probe, replies are awaited for ``wait_s``.
+
+    Raises:
+        ProbeError: bad arguments.
+    """
+    if rate_pps <= 0 or count <= 0:
+        raise ProbeError("rate and count must be > 0")
+    if size < MIN_SIZE:
+        raise ProbeError(f"--size must be at least {MIN_SIZE} bytes (the probe header)")
+    _set_timer_slack()
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    sock = _udp_socket(family)
+    sock.connect((dst, port))
+    sock.setblocking(False)
+    anc_size = socket.CMSG_SPACE(16)
+    buf = bytearray(size)
+    pack_into, unpack_from = PROBE_STRUCT.pack_into, PROBE_STRUCT.unpack_from
+    clock = time.time_ns
+    mono = time.monotonic_ns
+    samples: list[Sample] = []
+    interval = 1e9 / rate_pps
+
+    def read_replies() -> None:
+        while True:
+            try:
+                data, anc, _f, _a = sock.recvmsg(65535, anc_size)
+            except BlockingIOError:
+                return
+            t4 = _kernel_ts(anc, clock())
+            if len(data) < MIN_SIZE:
+                continue
+            magic, ver, _fl, _p, seq, rseq, t1, t2, t3 = unpack_from(data)
+            if magic == MAGIC and ver == VERSION:
+                samples.append(Sample(seq, rseq, t1, t2, t3, t4))
+
+    start = mono()
+    for i in range(count):
+        due = start + int(i * interval)
+        while True:
+            remaining = due - mono()
+            if remaining <= SPIN_NS:
+                break
+            r, _, _ = select.select([sock], [], [], (remaining - SPIN_NS) / 1e9)
+            if r:
+                read_replies()
+        while mono() < due:
+            pass
+        pack_into(buf, 0, MAGIC, VERSION, 0, 0, i, 0, clock(), 0, 0)
+        try:
+            sock.send(buf)
+        except (BlockingIOError, ConnectionRefusedError):
+            pass  # counted as lost; ICMP port unreachable from a missing reflector lands here
+    end = mono()
+    achieved = (count - 1) / ((end - start) / 1e9) if count > 1 and end > start else float(rate_pps)
+    deadline = mono() + int(wait_s * 1e9)
+    while len(samples) < count:
+        remaining = deadline - mono()
+        if remaining <= 0:
+            break
+        r, _, _ = select.select([sock], [], [], remaining / 1e9)
+        if r:
+            try:
+                read_replies()
+            except ConnectionRefusedError:
+                pass
+    sock.close()
+    return samples, achieved
+
+
+# --------------------------------------------------------------------------- pcap helper
+
+
+def pcap_udp_timestamps(path: str, port: int) -> list[tuple[int, float]]:
+    """(sender seq, capture time s) of every probe in a pcap: for checking timestamps offline.
+
+    Uses scapy (imported lazily; it is slow to import and not needed on the hot path).
+    """
+    from scapy.all import UDP, rdpcap  # noqa: PLC0415
+
+    out = []
+    for pkt in rdpcap(path):
+        if UDP in pkt and port in (pkt[UDP].sport, pkt[UDP].dport):
+            payload = bytes(pkt[UDP].payload)
+            if len(payload) >= MIN_SIZE and payload[:4] == MAGIC:
+                out.append((PROBE_STRUCT.unpack_from(payload)[4], float(pkt.time)))
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _format_text(s: ProbeSummary) -> str:
+    lines = [f"sent {s.sent} received {s.received} lost {s.lost} ({s.loss_ratio:.2%}) dup {s.duplicates} "
+             f"reordered {s.reordered} (fwd {s.reordered_forward}, back {s.reordered_backward}) "
+             f"rate {s.rate_pps_achieved:.1f}/s",
+             f"{'us':8} {'min':>9} {'median':>9} {'mean':>9} {'p99':>9} {'max':>9} {'stdev':>8} {'rfc3550':>8}"]
+    for name, d in (("forward", s.forward_us), ("backward", s.backward_us), ("rtt", s.rtt_us)):
+        lines.append(f"{name:8} {d.min:9.1f} {d.median:9.1f} {d.mean:9.1f} {d.p99:9.1f} {d.max:9.1f} "
+                     f"{d.stdev:8.1f} {d.rfc3550_jitter:8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m twin.emulation.probe", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("reflect", help="echo probes with receive/send timestamps")
+    r.add_argument("--bind", default="0.0.0.0")
+    r.add_argument("--port", type=int, default=8620)
+    r.add_argument("--max-packets", type=int, help="exit after this many probes")
+    s = sub.add_parser("send", help="send probes and report delays")
+    s.add_argument("--dst", required=True)
+    s.add_argument("--port", type=int, default=8620)
+    s.add_argument("--rate", type=float, default=1000.0, help="probes per second")
+    s.add_argument("--count", type=int, default=1000)
+    s.add_argument("--size", type=int, default=64, help=f"UDP payload bytes (>= {MIN_SIZE})")
+    s.add_argument("--wait", type=float, default=1.0, help="seconds to wait for late replies")
+    s.add_argument("--json", action="store_true", help="print the twin.probe/1 JSON document")
+    s.add_argument("--samples", action="store_true", help="include per-packet samples in the JSON")
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "reflect":
+            try:
+                reflect(args.bind, args.port, max_packets=args.max_packets)
+            except KeyboardInterrupt:
+                pass
+            return 0
+        samples, achieved = send(args.dst, args.port, rate_pps=args.rate, count=args.count, size=args.size,
+                                 wait_s=args.wait)
+        summary = summarize(samples, sent=args.count, rate_pps_requested=args.rate, rate_pps_achieved=achieved,
+                            size_bytes=args.size)
+        print(to_json(summary, samples if args.samples else None) if args.json else _format_text(summary))
+        return 0
+    except (TwinError, OSError) as exc:
+        print(f"probe: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
