@@ -79,6 +79,11 @@ class PatchTestbed:
                     cmd += ["type=patch", f"options:peer={self.port_name(port.peer, peer.number)}"]
             cmd += ["--", "set-controller", br, self.controller]
         vsctl(*cmd[1:])
+        # OVS backs off up to 8 s between reconnects; a restarted controller should not wait that long.
+        backoff: list[str] = []
+        for br in self.bridge.values():
+            backoff += ["--", "set", "controller", br, "max_backoff=1000"]
+        vsctl(*backoff[1:])
         for site, sw in self.portmap.switches.items():
             gets: list[str] = []
             for port in sw.ports:
