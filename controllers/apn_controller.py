@@ -267,6 +267,9 @@ def _handler_for(state: ControllerState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "apn-twin-controller"
         protocol_version = "HTTP/1.1"   # keep-alive: the daemon and benchmarks reuse connections
+        # Headers and body leave in two writes; with Nagle on, the body waits for the
+        # client's delayed ACK (40 ms on Linux) and every JSON answer takes that long.
+        disable_nagle_algorithm = True
 
         def _serve(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
