@@ -178,7 +178,7 @@ class APNController(BaseApp):
         dp = self.datapaths.get(site)
         if dp is None:
             return False
-        ofp, parser = dp.ofproto, dp.ofproto_parser
+        ofp = dp.ofproto
         mods = [self._flow_mod(dp, f, ofp.OFPFC_ADD) for f in change.adds]
         mods += [self._flow_mod(dp, f, ofp.OFPFC_MODIFY_STRICT) for f in change.modifies]
         mods += [self._flow_mod(dp, f, ofp.OFPFC_DELETE_STRICT) for f in change.deletes]
