@@ -102,7 +102,8 @@ def build_port_map(topology) -> PortMap:
     for index, site in enumerate(topology.sites, start=1):
         sw = SwitchPorts(site.id, index, index)
         for h in ad.site_hosts(site.id, index):
-            sw.ports.append(Port(h.port, f"{h.name}-eth0", "host", host=h.name, role=h.role,
+            # The switch end of the host link; the host end is <host>-eth0 inside the host.
+            sw.ports.append(Port(h.port, f"{h.name}_sw", "host", host=h.name, role=h.role,
                                  ips=(h.apn_ip, h.packet_ip), mac=h.mac))
         pm.switches[site.id] = sw
     for span in topology.spans:

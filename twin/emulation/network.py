@@ -1,0 +1,344 @@
+"""Build and tear down the emulated inter-DC network with Mininet and Open vSwitch.
+
+The only module that imports Mininet. Names, addresses and port numbers come from
+:mod:`twin.model.addressing` and :func:`twin.model.portmap.build_port_map`, so
+the controller knows the same port map the network was built with.
+
+Per site: one OVS switch (the ROADM and DC edge; userspace datapath where the
+kernel has no openvswitch module), a compute host and a users host. Per fibre
+span: one link per wavelength with the span's delay (+ the APN's residual
+jitter), plus one link of the conventional packet network (propagation + per-hop
+router delay, jitter, and background load queueing), each rate-limited to the
+span's per-wavelength rate (packet link: shared capacity).
+
+Link delay backends
+    netem      switch-to-switch veth with netem (+ htb rate) on both ends.
+    userspace  every inter-site link passes through one delay engine process
+               (:mod:`twin.emulation.delay_engine`) that lives in a namespace of
+               its own (Mininet host ``tw_dly``): switch port <-> veth <-> engine
+               <-> veth <-> switch port. Rate is shaped (tbf) on the switch ports
+               in front of the engine so the engine is never the bottleneck.
+               Ending the ``tw_dly`` shell removes all those veths at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twin.emulation import link_backends
+from twin.emulation.delay_engine import DelayEngineProcess, LinkSpec
+from twin.emulation.records import OVS_TAG, RunRecord
+from twin.errors import TwinError
+from twin.model import addressing as ad
+from twin.model.optics import OpticalNetwork
+from twin.model.portmap import PortMap, build_port_map
+from twin.model.schema import Topology
+
+log = logging.getLogger(__name__)
+
+DELAY_HOST = "tw_dly"
+VIP_GATEWAY_IP = "10.1.0.254"   # on-link next hop for all VIPs; its MAC is the shared VIP MAC
+VIP_GATEWAY_MAC = "02:00:03:00:00:00"
+_ENGINE_DIST = {"none": "none", "uniform": "uniform", "normal": "normal", "pareto-normal": "paretonormal"}
+
+
+class EmulationError(TwinError):
+    """The emulated network could not be built or configured."""
+
+
+@dataclass(frozen=True)
+class EmulatedLink:
+    """One inter-site link as built: which span, which wavelength (None = packet network)."""
+
+    number: int
+    a: str
+    b: str
+    wavelength: int | None
+    port_a: str
+    port_b: str
+    delay_s: float
+    jitter_s: float
+    jitter_dist: str
+    rate_bps: float
+    background_load: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return ad.wavelength_port(self.a, self.b, self.wavelength) if self.wavelength is not None \
+            else ad.packet_port(self.a, self.b)
+
+
+def plan_links(topology: Topology) -> list[EmulatedLink]:
+    """Every inter-site link with the delay the model gives it (pure; used by tests too)."""
+    network = OpticalNetwork(topology)
+    apn, packet = topology.apn, topology.packet_network
+    links = []
+    for span in topology.spans:
+        a, b = span.ends
+        optical = network.span_delay(a, b)
+        for w in range(span.wavelengths):
+            links.append(EmulatedLink(len(links) + 1, a, b, w, ad.wavelength_port(a, b, w),
+                                      ad.wavelength_port(b, a, w), optical, apn.jitter,
+                                      apn.jitter_distribution, span.rate))
+        # The packet network crosses the same fibre, then a router at the far end.
+        propagation = span.length * apn.propagation
+        links.append(EmulatedLink(len(links) + 1, a, b, None, ad.packet_port(a, b), ad.packet_port(b, a),
+                                  propagation + packet.router_delay, packet.jitter, packet.jitter_distribution,
+                                  packet.capacity, packet.background_load))
+    return links
+
+
+def _run(args: list[str], what: str) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EmulationError(f"{what}: {' '.join(args)} failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+def in_host(pid: int, args: list[str]) -> list[str]:
+    """Argument list running ``args`` inside the namespaces of Mininet node ``pid``."""
+    return ["mnexec", "-a", str(pid), *args]
+
+
+@dataclass
+class ApnNetwork:
+    """The running emulation of one topology (context manager: ``with ApnNetwork(...) as net``)."""
+
+    topology: Topology
+    record: RunRecord
+    controller_port: int
+    backend: str = "auto"
+    link_backend: str = field(init=False, default="")
+    port_map: PortMap = field(init=False)
+    links: list[EmulatedLink] = field(init=False)
+    timings: dict[str, float] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.port_map = build_port_map(self.topology)
+        self.links = plan_links(self.topology)
+        self._net = None
+        self._engine: DelayEngineProcess | None = None
+        self.engine_stats: dict | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> "ApnNetwork":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        for tool in ("mnexec", "ovs-vsctl", "ip", "ethtool", "tc"):
+            if not shutil.which(tool):
+                raise EmulationError(f"{tool} not found; run scripts/install.sh (as root) first")
+        if os.geteuid() != 0:
+            raise EmulationError("the emulation needs root; run with sudo")
+        self.link_backend = link_backends.choose_backend(self.backend)
+        datapath = "kernel" if _kernel_has_ovs() else "user"
+        t0 = time.monotonic()
+        from mininet.link import Link
+        from mininet.net import Mininet
+        from mininet.node import Host, OVSSwitch, RemoteController
+
+        net = Mininet(topo=None, build=False, controller=None, autoSetMacs=False, autoStaticArp=False,
+                      waitConnected=False, link=Link)
+        self._net = net
+        net.addController(RemoteController("c0", ip="127.0.0.1", port=self.controller_port))
+        for site in self.topology.sites:
+            sw_ports = self.port_map.switches[site.id]
+            net.addSwitch(site.id, cls=OVSSwitch, dpid=ad.dpid(sw_ports.index), datapath=datapath,
+                          protocols="OpenFlow14", failMode="secure")
+            self.record.add_bridge(site.id)
+        for sw_ports in self.port_map.switches.values():
+            for port in sw_ports.host_ports():
+                net.addHost(port.host, cls=Host, ip=None)
+                net.addLink(port.host, sw_ports.site, intfName1=f"{port.host}-eth0", intfName2=port.name,
+                            port1=0, port2=port.number)
+        delay_host = None
+        if self.link_backend == "userspace":
+            delay_host = net.addHost(DELAY_HOST, cls=Host, ip=None)
+        for link in self.links:
+            a, b = self.port_map.switches[link.a], self.port_map.switches[link.b]
+            num_a = _port_number(a, link.port_a)
+            num_b = _port_number(b, link.port_b)
+            if delay_host is not None:
+                end_a, end_b = ad.engine_ifnames(link.number)
+                net.addLink(link.a, DELAY_HOST, port1=num_a, intfName1=link.port_a, intfName2=end_a)
+                net.addLink(link.b, DELAY_HOST, port1=num_b, intfName1=link.port_b, intfName2=end_b)
+            else:
+                net.addLink(link.a, link.b, port1=num_a, port2=num_b, intfName1=link.port_a,
+                            intfName2=link.port_b)
+        self.timings["build_s"] = time.monotonic() - t0
+        for host in net.hosts:
+            self.record.add_process(host.pid, f"mininet host {host.name}")
+        self._configure_interfaces()
+        if delay_host is not None:
+            self._start_engine(delay_host)
+        else:
+            self._apply_netem()
+        t1 = time.monotonic()
+        net.start()  # builds the bridges and points them at the controller
+        for switch in net.switches:
+            _run(["ovs-vsctl", "--timeout=10", "set", "Bridge", switch.name,
+                  f"external_ids:{OVS_TAG}={self.record.run_id}"], "tagging bridge")
+        self.timings["switches_s"] = time.monotonic() - t1
+        self._configure_hosts()
+        self.timings["up_s"] = time.monotonic() - t0
+
+    def stop(self) -> None:
+        t0 = time.monotonic()
+        engine, self._engine = self._engine, None
+        if engine is not None and engine.proc is not None and engine.proc.poll() is None:
+            # The kernel releases each of the engine's packet sockets with an RCU grace
+            # period (seconds for hundreds of links): let that overlap the rest.
+            engine.proc.send_signal(signal.SIGTERM)
+        if self._net is not None:
+            net, self._net = self._net, None
+            try:
+                _teardown(net, self.record)
+            except Exception as err:  # keep tearing down; the record lets 'twin clean' finish the job
+                log.warning("teardown failed: %s; run 'twin clean'", err)
+        if engine is not None:
+            self.engine_stats = engine.stop(timeout_s=30.0)
+        self.timings["down_s"] = time.monotonic() - t0
+
+    # -- configuration -----------------------------------------------------------------------
+    def _configure_interfaces(self) -> None:
+        """Offloads and IPv6 off on every switch port; rate shaping on inter-site ports."""
+        for sw_ports in self.port_map.switches.values():
+            for port in sw_ports.ports:
+                _offloads_off(port.name)
+                _ipv6_off(port.name)
+        for link in self.links:
+            for ifname in (link.port_a, link.port_b):
+                link_backends.apply_rate_limit(ifname, link.rate_bps)
+
+    def _start_engine(self, delay_host) -> None:
+        specs = []
+        for link in self.links:
+            end_a, end_b = ad.engine_ifnames(link.number)
+            specs.append(LinkSpec(name=link.name, iface_a=end_a, iface_b=end_b, delay_us=link.delay_s * 1e6,
+                                  jitter_us=link.jitter_s * 1e6, jitter_dist=_ENGINE_DIST[link.jitter_dist],
+                                  background_load=link.background_load,
+                                  rate_bps=link.rate_bps if link.background_load else None,
+                                  seed=link.number))
+        self._engine = DelayEngineProcess(specs, workdir=self.record.directory,
+                                          exec_prefix=["mnexec", "-a", str(delay_host.pid)],
+                                          ready_timeout_s=120.0)
+        self._engine.start()
+        self.record.add_process(self._engine.pid, "delay engine")
+
+    def _apply_netem(self) -> None:
+        for link in self.links:
+            for ifname in (link.port_a, link.port_b):
+                link_backends.apply_netem(ifname, delay_us=link.delay_s * 1e6, jitter_us=link.jitter_s * 1e6,
+                                          jitter_dist=_ENGINE_DIST[link.jitter_dist], rate_bps=link.rate_bps)
+
+    def _configure_hosts(self) -> None:
+        """Addresses, MACs, static ARP for every host and the VIP gateway; offloads off."""
+        hosts = [p for sw in self.port_map.switches.values() for p in sw.host_ports()]
+        for port in hosts:
+            pid = self._net.get(port.host).pid
+            dev = f"{port.host}-eth0"
+            cmds = [["ip", "link", "set", "dev", dev, "address", port.mac],
+                    ["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1"],
+                    ["ip", "addr", "flush", "dev", dev]]
+            cmds += [["ip", "addr", "add", f"{ip}/16", "dev", dev] for ip in port.ips]
+            cmds += [["ip", "link", "set", "dev", dev, "up"],
+                     ["ip", "neigh", "replace", VIP_GATEWAY_IP, "lladdr", VIP_GATEWAY_MAC, "dev", dev,
+                      "nud", "permanent"],
+                     ["ip", "route", "replace", "10.3.0.0/16", "via", VIP_GATEWAY_IP, "dev", dev, "onlink"]]
+            for other in hosts:
+                if other.host != port.host:
+                    cmds += [["ip", "neigh", "replace", ip, "lladdr", other.mac, "dev", dev, "nud", "permanent"]
+                             for ip in other.ips]
+            ip_cmds = [c[1:] for c in cmds if c[0] == "ip"]
+            for cmd in (c for c in cmds if c[0] != "ip"):
+                _run(in_host(pid, cmd), f"configuring host {port.host}")
+            # One 'ip -batch' per host: hundreds of static ARP entries in one process.
+            _run_batch(in_host(pid, ["ip", "-batch", "-"]), ip_cmds, f"configuring host {port.host}")
+            _offloads_off(dev, pid)
+
+    # -- access ------------------------------------------------------------------------------
+    def host_pid(self, name: str) -> int:
+        if self._net is None:
+            raise EmulationError("the network is not running")
+        return self._net.get(name).pid
+
+    def host_ip(self, site: str, role: int, plane: int = ad.APN_PLANE) -> str:
+        return ad.host_ip(plane, self.port_map.switches[site].index, role)
+
+    @property
+    def mininet(self):
+        return self._net
+
+    @property
+    def engine(self) -> DelayEngineProcess | None:
+        return self._engine
+
+
+def _teardown(net, record: RunRecord) -> None:
+    """Faster than Mininet's link-by-link stop: end the host shells, and their namespaces
+    take every veth with an end inside them; then delete all bridges in one OVSDB transaction."""
+    from twin.emulation.records import terminate
+
+    # Mininet's host shells are interactive bash, which ignores SIGTERM; they hold nothing
+    # that needs a graceful end.
+    terminate([p for p in record.processes if p.what.startswith("mininet host")], first_signal=signal.SIGKILL)
+    bridges = [sw.name for sw in net.switches]
+    if bridges:
+        args = ["ovs-vsctl", "--timeout=20"]
+        for name in bridges:
+            args += ["--", "--if-exists", "del-br", name]
+        _run(args, "deleting bridges")
+    for host in net.hosts:
+        host.shell = None  # already ended; keeps Mininet's atexit/destructors from touching them
+
+
+def _port_number(sw_ports, name: str) -> int:
+    for port in sw_ports.ports:
+        if port.name == name:
+            return port.number
+    raise EmulationError(f"port {name} missing from the port map of {sw_ports.site}")
+
+
+def _kernel_has_ovs() -> bool:
+    return Path("/sys/module/openvswitch").exists()
+
+
+def _run_batch(args: list[str], lines: list[list[str]], what: str) -> None:
+    proc = subprocess.run(args, input="\n".join(" ".join(line) for line in lines) + "\n",
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EmulationError(f"{what}: {(proc.stderr or proc.stdout).strip()}")
+
+
+_OFFLOADS = ("tso", "gso", "gro", "tx", "rx")
+
+
+def _offloads_off(ifname: str, pid: int | None = None) -> None:
+    # TSO/GSO would hand the switch and the delay engine 64 KB super-frames it cannot re-send.
+    args = ["ethtool", "-K", ifname, *[x for f in _OFFLOADS for x in (f, "off")]]
+    if subprocess.run(in_host(pid, args) if pid else args, capture_output=True).returncode == 0:
+        return
+    for feature in _OFFLOADS:  # some drivers refuse one feature; set the others anyway
+        args = ["ethtool", "-K", ifname, feature, "off"]
+        subprocess.run(in_host(pid, args) if pid else args, capture_output=True)
+
+
+def _ipv6_off(ifname: str) -> None:
+    path = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
+    if path.exists():
+        path.write_text("1")

@@ -1,0 +1,193 @@
+"""Records of what a run made, so that ``twin clean`` removes exactly that and nothing else.
+
+Every run writes ``/run/twin/<run-id>/record.json`` before it creates anything
+and updates it as it goes: the OVS bridges (also tagged in OVSDB with
+``external_ids:twin-run=<run-id>``), the processes it started (PID plus the
+process start time from ``/proc/PID/stat``, so a reused PID is never killed),
+and the interfaces it made in the root namespace. Mininet hosts live in
+namespaces held by their shell processes, so ending those processes removes the
+namespaces and every veth with an end inside them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+RECORD_ROOT = Path(os.environ.get("TWIN_RECORD_DIR", "/run/twin"))
+OVS_TAG = "twin-run"
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):
+        return None  # exited; only its parent's wait() is missing
+    return int(fields[19])
+
+
+@dataclass
+class ProcessRecord:
+    pid: int
+    start_time: int | None
+    what: str
+
+    def alive(self) -> bool:
+        return self.start_time is not None and process_start_time(self.pid) == self.start_time
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    created: float = field(default_factory=time.time)
+    owner_pid: int = field(default_factory=os.getpid)
+    owner_start: int | None = field(default_factory=lambda: process_start_time(os.getpid()))
+    bridges: list[str] = field(default_factory=list)
+    processes: list[ProcessRecord] = field(default_factory=list)
+    interfaces: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+    @classmethod
+    def create(cls) -> "RunRecord":
+        record = cls(run_id=time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+        record.path = RECORD_ROOT / record.run_id / "record.json"
+        record.path.parent.mkdir(parents=True, exist_ok=True)
+        record.save()
+        return record
+
+    @property
+    def directory(self) -> Path:
+        assert self.path is not None
+        return self.path.parent
+
+    def save(self) -> None:
+        assert self.path is not None
+        data = asdict(self)
+        data.pop("path")
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(self.path)
+
+    @classmethod
+    def load(cls, path: Path) -> "RunRecord":
+        data = json.loads(path.read_text())
+        data["processes"] = [ProcessRecord(**p) for p in data.get("processes", [])]
+        record = cls(**data)
+        record.path = path
+        return record
+
+    def add_process(self, pid: int, what: str) -> None:
+        self.processes.append(ProcessRecord(pid, process_start_time(pid), what))
+        self.save()
+
+    def add_bridge(self, name: str) -> None:
+        self.bridges.append(name)
+        self.save()
+
+    def add_interface(self, name: str) -> None:
+        self.interfaces.append(name)
+        self.save()
+
+
+def _ovs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True)
+
+
+def tagged_bridges() -> dict[str, str]:
+    """OVS bridge -> run id, for every bridge a twin run tagged."""
+    proc = _ovs("--format=json", "--columns=name,external_ids", "list", "Bridge")
+    if proc.returncode != 0:
+        return {}
+    result = {}
+    for name, ids in json.loads(proc.stdout).get("data", []):
+        mapping = dict(ids[1]) if isinstance(ids, list) and ids and ids[0] == "map" else {}
+        if OVS_TAG in mapping:
+            result[name] = mapping[OVS_TAG]
+    return result
+
+
+def terminate(processes: list[ProcessRecord], grace_s: float = 3.0, first_signal: int = signal.SIGTERM) -> int:
+    """Signal recorded processes that are still the same processes, then SIGKILL stragglers."""
+    live = [p for p in processes if p.alive()]
+    for p in live:
+        try:
+            os.kill(p.pid, first_signal)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(p.alive() for p in live):
+        time.sleep(0.05)
+    for p in live:
+        if p.alive():
+            try:
+                os.kill(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return len(live)
+
+
+def clean_record(record: RunRecord) -> list[str]:
+    """Remove everything one record lists; returns what was removed (for the user)."""
+    removed = []
+    if terminate(record.processes):
+        removed.append(f"{len(record.processes)} process(es)")
+    bridges = tagged_bridges()
+    for name in record.bridges:
+        if bridges.get(name) == record.run_id:
+            _ovs("--if-exists", "del-br", name)
+            removed.append(f"bridge {name}")
+    for name in record.interfaces:
+        if Path(f"/sys/class/net/{name}").exists():
+            subprocess.run(["ip", "link", "del", "dev", name], capture_output=True)
+            removed.append(f"interface {name}")
+    if record.path is not None:
+        for child in sorted(record.directory.iterdir(), reverse=True):
+            if child.is_file():
+                child.unlink()
+        try:
+            record.directory.rmdir()
+        except OSError:
+            pass
+    return removed
+
+
+def clean_all(include_live: bool = False) -> list[str]:
+    """``twin clean``: remove what runs left behind (runs whose owner died, unless ``include_live``)."""
+    removed = []
+    if RECORD_ROOT.is_dir():
+        for path in sorted(RECORD_ROOT.glob("*/record.json")):
+            try:
+                record = RunRecord.load(path)
+            except (OSError, ValueError, TypeError) as err:
+                log.warning("skipping unreadable record %s: %s", path, err)
+                continue
+            if not include_live and _owner_alive(record):
+                log.info("run %s is still running (pid %s); leaving it", record.run_id, record.owner_pid)
+                continue
+            removed += clean_record(record)
+    # Bridges tagged by a run whose record is gone are still ours: the tag says so.
+    live_runs = {RunRecord.load(p).run_id for p in RECORD_ROOT.glob("*/record.json")} if RECORD_ROOT.is_dir() else set()
+    for name, run_id in tagged_bridges().items():
+        if run_id not in live_runs:
+            _ovs("--if-exists", "del-br", name)
+            removed.append(f"bridge {name} (run {run_id}, no record)")
+    return removed
+
+
+def _owner_alive(record: RunRecord) -> bool:
+    # The start time tells a live owner from a new process that reused its PID.
+    return record.owner_start is not None and process_start_time(record.owner_pid) == record.owner_start
