@@ -91,6 +91,33 @@ def cmd_import_zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from twin.emulation.session import TwinSession
+    from twin.emulation.shell import interactive, run_check
+
+    with TwinSession(args.topology, backend=args.link_backend, api_port=args.api_port) as session:
+        if args.check:
+            code = run_check(session, as_json=args.json, count=args.count, rate=args.rate,
+                             tolerance_ms=args.tolerance_us / 1e3)
+        else:
+            api = session.controller
+            print(f"twin up: {session.topology.name}, link backend {session.network.link_backend}, "
+                  f"controller API http://{api.api_host}:{api.api_port}; type 'help', 'exit' tears down")
+            interactive(session)
+            code = 0
+    if not args.json:
+        print(f"torn down in {session.timings.get('down_s', 0):.1f} s", file=sys.stderr)
+    return code
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from twin.emulation.records import clean_all
+
+    removed = clean_all(include_live=args.all)
+    print("\n".join(removed) if removed else "nothing to clean")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -113,6 +140,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allocation order of the default pairs (default: file order)")
     p.add_argument("--json", action="store_true", help="print a JSON document")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("up", help="build the emulated network and its controller (root)")
+    p.add_argument("topology", metavar="TOPOLOGY")
+    p.add_argument("--check", action="store_true",
+                   help="set up every servable lightpath, probe each against the model, tear down")
+    p.add_argument("--json", action="store_true", help="with --check: print a JSON document")
+    p.add_argument("--link-backend", choices=("auto", "netem", "userspace"), default="auto",
+                   help="link delay backend (auto: netem when the kernel has it)")
+    p.add_argument("--api-port", type=int, help="controller API port on 127.0.0.1 (default: a free port)")
+    p.add_argument("--count", type=int, default=500, help="probes per pair with --check (default 500)")
+    p.add_argument("--rate", type=float, default=500.0, help="probes per second with --check (default 500)")
+    p.add_argument("--tolerance-us", type=float, default=150.0,
+                   help="allowed |measured - model - overhead| one way, us (default 150)")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("clean", help="remove what a killed run left (only the twin's own objects)")
+    p.add_argument("--all", action="store_true", help="also runs whose process is still alive")
+    p.set_defaults(func=cmd_clean)
 
     p = sub.add_parser("schema", help="write the JSON Schema of both file kinds")
     p.add_argument("-o", "--out", default="topologies", help="folder to write into (default: topologies)")
