@@ -12,8 +12,8 @@ per kind (seconds, kilometres, bit/s, bytes, watts, seconds per km, 1/s):
 10000000000.0
 >>> parse_size("4KiB")
 4096.0
->>> parse_propagation("4.9us/km")
-4.9e-06
+>>> round(parse_propagation("4.9us/km") * 1e6, 9)   # seconds per km, shown in us
+4.9
 """
 
 from __future__ import annotations
