@@ -27,6 +27,7 @@ from twin.errors import Problem, ValidationError
 
 MAX_FILE_BYTES = 2 * 1024 * 1024
 MAX_EXPANDED_NODES = 200_000
+_PLAIN_COLLECTION_TAGS = {"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"}
 
 
 @dataclass
@@ -99,6 +100,11 @@ def _build(node: Node, path: str, lines: LineMap, file: str) -> Any:
     lines.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, ScalarNode):
         return _scalar(node, file)
+    if not isinstance(node, ScalarNode) and node.tag not in _PLAIN_COLLECTION_TAGS:
+        # A tag on a list or mapping (e.g. !!python/object/apply) would otherwise be dropped
+        # silently, and the file would mean something other than what it says.
+        raise _problem(file, node.start_mark.line + 1, f"unsupported YAML tag {node.tag!r}",
+                       "remove the YAML tag and write plain data")
     if isinstance(node, SequenceNode):
         return [_build(child, _join(path, str(i)), lines, file) for i, child in enumerate(node.value)]
     if isinstance(node, MappingNode):
@@ -107,10 +113,10 @@ def _build(node: Node, path: str, lines: LineMap, file: str) -> Any:
             if not isinstance(key_node, ScalarNode):
                 raise _problem(file, key_node.start_mark.line + 1, "a mapping key must be a plain value",
                                "write keys as simple words")
-            key = _scalar(key_node, file)
-            if key == "<<":
+            if key_node.tag == "tag:yaml.org,2002:merge":
                 raise _problem(file, key_node.start_mark.line + 1, "YAML merge keys ('<<') are not supported",
                                "write the keys out in full")
+            key = _scalar(key_node, file)
             child_path = _join(path, str(key))
             if key in result:
                 raise ValidationError([Problem(file, key_node.start_mark.line + 1, child_path,
@@ -149,11 +155,18 @@ def load_text(text: str, file: str = "<string>") -> LoadedFile:
                        "fix the YAML syntax at this line") from None
     except yaml.YAMLError as err:
         raise _problem(file, None, f"not valid YAML: {err}", "fix the YAML syntax") from None
-    if root is None:
+    except RecursionError:
+        # PyYAML's parser and composer recurse once per nesting level.
+        raise _problem(file, None, "the YAML is nested too deeply", "flatten the structure") from None
+    if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"
+                        and root.value in ("", "~", "null")):
         raise _problem(file, 1, "file is empty", "write a topology or scenario description")
     _count_expanded(root, file)
     lines = LineMap()
-    data = _build(root, "", lines, file)
+    try:
+        data = _build(root, "", lines, file)
+    except RecursionError:
+        raise _problem(file, None, "the YAML is nested too deeply", "flatten the structure") from None
     return LoadedFile(file, data, lines)
 
 
