@@ -145,6 +145,11 @@ class ApnNetwork:
                 raise EmulationError(f"{tool} not found; run scripts/install.sh (as root) first")
         if os.geteuid() != 0:
             raise EmulationError("the emulation needs root; run with sudo")
+        taken = sorted(p.name for sw in self.port_map.switches.values() for p in sw.ports
+                       if Path(f"/sys/class/net/{p.name}").exists())
+        if taken:
+            raise EmulationError(f"interfaces {', '.join(taken[:3])} already exist: another run of topology "
+                                 f"{self.topology.name!r} is up; leave it or run 'twin clean' if it was killed")
         self.link_backend = link_backends.choose_backend(self.backend)
         datapath = "kernel" if _kernel_has_ovs() else "user"
         t0 = time.monotonic()

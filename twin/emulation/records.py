@@ -191,3 +191,14 @@ def clean_all(include_live: bool = False) -> list[str]:
 def _owner_alive(record: RunRecord) -> bool:
     # The start time tells a live owner from a new process that reused its PID.
     return record.owner_start is not None and process_start_time(record.owner_pid) == record.owner_start
+
+
+def host_state() -> dict[str, set[str]]:
+    """What exists now that a twin run could leave behind: tagged bridges, veths in this
+    namespace, run records. Tests compare it before and after a run."""
+    links = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True).stdout
+    return {
+        "bridges": set(tagged_bridges()),
+        "veths": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ":" in line},
+        "runs": {p.name for p in RECORD_ROOT.iterdir()} if RECORD_ROOT.is_dir() else set(),
+    }

@@ -1,0 +1,72 @@
+"""Teardown after a SIGKILL plus ``twin clean``, and the ``twin up --check`` command (root).
+
+Separate from test_apn_network.py: that module keeps a network up for all its
+tests, and two runs of one topology cannot coexist (same interface names).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from twin.emulation import records
+
+
+pytestmark = pytest.mark.root
+
+REPO = Path(__file__).resolve().parents[2]
+TRIANGLE = str(REPO / "topologies" / "triangle.yaml")
+_snapshot = records.host_state
+
+
+def test_sigkill_then_twin_clean_leaves_nothing(tmp_path):
+    before = _snapshot()
+    script = (
+        "import sys, time\n"
+        "from twin.emulation.session import TwinSession\n"
+        f"s = TwinSession({TRIANGLE!r}); s.__enter__()\n"
+        "print('UP', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        line = ""
+        while "UP" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line and proc.poll() is not None:
+                pytest.fail(f"twin run died: {proc.stderr.read()[-2000:]}")
+        during = _snapshot()
+        assert len(during["bridges"] - before["bridges"]) == 3
+        (run_id,) = during["runs"] - before["runs"]
+        started = records.RunRecord.load(records.RECORD_ROOT / run_id / "record.json").processes
+        assert {p.what for p in started} >= {"controller", "delay engine"} or any(
+            p.what == "controller" for p in started)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert _snapshot() != before  # the kill left things behind...
+    out = subprocess.run([sys.executable, "-m", "twin", "clean"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    time.sleep(0.5)
+    assert _snapshot() == before  # ...and twin clean removed exactly them
+    # No process of that run survives (engine, controller, host shells).
+    assert not [p for p in started if p.alive()]
+
+
+def test_twin_up_check_cli_json():
+    out = subprocess.run([sys.executable, "-m", "twin", "up", TRIANGLE, "--check", "--json", "--count", "200",
+                          "--tolerance-us", "400"], capture_output=True, text=True, cwd=REPO, timeout=240)
+    doc = json.loads(out.stdout)
+    assert {p["src"] + p["dst"] for p in doc["pairs"]} == {"ab", "ac", "bc"}
+    assert all(p["reordered"] == 0 and p["lost"] == 0 for p in doc["pairs"])
+    assert doc["link_backend"] in ("netem", "userspace")
+    assert doc["timings_s"]["up_s"] > 0 and doc["timings_s"]["switches_connected_s"] > 0
+    assert out.returncode == (0 if doc["ok"] else 1)
