@@ -39,7 +39,10 @@ def _pydantic_problem(file: str, lines: LineMap, error: Any, model: type[Strict]
         return Problem(file, lines.line_of(path), path, "required key is missing", "add it")
     if kind == "value_error":
         message = message.removeprefix("Value error, ")
-        what, _, fix = message.partition("; ")
+        # The fix never contains "; " but the quoted bad value may: split at the last one.
+        what, _, fix = message.rpartition("; ")
+        if not what:
+            what, fix = fix, ""
         return Problem(file, lines.line_of(path), path, what, fix or "correct the value")
     if kind == "literal_error":
         return Problem(file, lines.line_of(path), path, f"got {error.get('input')!r}",
