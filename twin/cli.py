@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-port", type=int, help="controller API port on 127.0.0.1 (default: a free port)")
     p.add_argument("--count", type=int, default=500, help="probes per pair with --check (default 500)")
     p.add_argument("--rate", type=float, default=500.0, help="probes per second with --check (default 500)")
-    # 300 us: the OVS userspace datapath's own noise on a 2-core machine (docs/accuracy.md);
+    # 300 us: the OVS userspace datapath's own noise on a 2-core machine (README, "Measured");
     # the delay engine alone is within ~10 us.
     p.add_argument("--tolerance-us", type=float, default=300.0,
                    help="allowed |median measured - model - emulator overhead| one way, us (default 300)")
