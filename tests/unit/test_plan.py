@@ -1,0 +1,104 @@
+"""The planner: pair orders, blocking by earlier pairs, SLO feasibility, shipped files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from twin.errors import TwinError
+from twin.model.plan import default_pairs, parse_pairs, plan_lightpaths, slo_feasibility
+from twin.model.validate import load_scenario, load_topology
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def triangle():
+    return load_topology(REPO / "topologies" / "triangle.yaml")
+
+
+@pytest.fixture(scope="module")
+def japan():
+    return load_topology(REPO / "topologies" / "japan.yaml")
+
+
+def test_default_pairs_in_file_order(triangle):
+    assert default_pairs(triangle) == [("a", "b"), ("a", "c"), ("b", "c")]
+
+
+def test_longest_first_order(triangle):
+    assert default_pairs(triangle, "longest-first") == [("a", "c"), ("a", "b"), ("b", "c")]
+
+
+def test_unknown_order(triangle):
+    with pytest.raises(TwinError, match="unknown order 'random'"):
+        default_pairs(triangle, "random")
+
+
+def test_parse_pairs(triangle):
+    assert parse_pairs("a:b, c:a", triangle) == [("a", "b"), ("c", "a")]
+    for text, message in [("a-b", "not a pair"), ("a:z", "unknown site 'z'"), ("a:a", "itself"), (",", "empty")]:
+        with pytest.raises(TwinError, match=message):
+            parse_pairs(text, triangle)
+
+
+def test_plan_entries_and_dicts(triangle):
+    entries = plan_lightpaths(triangle, default_pairs(triangle))
+    assert [e.to_dict() for e in entries] == [
+        {"src": "a", "dst": "b", "route": ["a", "b"], "wavelength": 0, "length_km": 204.082,
+         "one_way_ms": 1.0, "rtt_ms": 2.0},
+        {"src": "a", "dst": "c", "route": ["a", "c"], "wavelength": 0, "length_km": 306.122,
+         "one_way_ms": 1.5, "rtt_ms": 3.0},
+        {"src": "b", "dst": "c", "route": ["b", "c"], "wavelength": 0, "length_km": 204.082,
+         "one_way_ms": 1.0, "rtt_ms": 2.0},
+    ]
+
+
+def test_later_pairs_are_blocked_by_earlier_ones(triangle):
+    pairs = [("a", "c")] * 4
+    entries = plan_lightpaths(triangle, pairs)
+    assert [e.lightpath.route.sites if e.lightpath else None for e in entries] == [
+        ("a", "c"), ("a", "c"), ("a", "b", "c"), ("a", "b", "c")]
+    blocked = plan_lightpaths(triangle, pairs + [("a", "b")])[-1]
+    assert blocked.lightpath is None
+    assert blocked.to_dict() == {"src": "a", "dst": "b",
+                                 "blocked": "no lightpath a->b: a-b: spans a-b full; a-c-b: spans a-c, b-c full"}
+
+
+def test_japan_plan_serves_most_pairs_and_the_longest(japan):
+    entries = plan_lightpaths(japan, default_pairs(japan))
+    served = [e for e in entries if e.lightpath]
+    assert len(entries) == 45
+    # East and west share 16 wavelengths for 25 pairs: at least 9 must block.
+    assert len(entries) - len(served) == 9
+    longest = plan_lightpaths(japan, [("hkd", "oka")])[0]
+    assert longest.lightpath is not None
+    assert 15 < longest.lightpath.route.one_way_s * 1e3 < 18
+
+
+def test_japan_longest_first_also_plans(japan):
+    entries = plan_lightpaths(japan, default_pairs(japan, "longest-first"))
+    assert sum(1 for e in entries if e.lightpath) >= 25
+
+
+def test_japan_delays_match_facts(japan):
+    # facts.md: Tokyo-Osaka ~2.5 ms one way at 1.3x; our route follows the spans.
+    (entry,) = plan_lightpaths(japan, [("tyo", "osa")])
+    assert entry.lightpath.route.sites == ("tyo", "ngo", "osa")
+    assert entry.lightpath.route.one_way_s * 1e3 == pytest.approx(2.57, abs=0.05)
+
+
+def test_slo_feasibility_of_spring_day():
+    scenario, topology = load_scenario(REPO / "scenarios" / "spring-day.yaml")
+    rows = slo_feasibility(scenario, topology)
+    meets: dict[tuple[str, str], set[str]] = {}
+    for row in rows:
+        meets.setdefault((row.service, row.region), set())
+        if row.meets:
+            meets[(row.service, row.region)].add(row.site)
+    assert meets[("drive-assist", "fuk")] == {"fuk", "hij", "tak"}
+    assert "hkd" not in meets[("drive-assist", "hij")]
+    assert all(len(meets[("farm-images", region)]) == 10 for region in ("hkd", "sdj", "kij", "fuk", "oka"))
+    same_site = [r for r in rows if r.region == r.site]
+    assert all(r.rtt_ms == 0 for r in same_site)
