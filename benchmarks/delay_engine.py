@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from twin.emulation.delay_engine import DelayEngineProcess, LinkSpec  # noqa: E402
 from twin.emulation.link_backends import apply_rate_limit  # noqa: E402
 from twin.emulation.probe import ProbeSummary, percentile  # noqa: E402
+from twin.emulation.records import stop_child  # noqa: E402
 
 PY = sys.executable
 PROBE_PORT = 8620
@@ -113,13 +114,7 @@ class Lab:
 
     def close(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_child(proc)
         for name in self.root_links:
             if Path(f"/sys/class/net/{name}").exists():
                 self.run("ip", "link", "del", name, check=False)

@@ -80,7 +80,7 @@ from tqdm import tqdm
 from twin.emulation import link_backends
 from twin.emulation.network import in_host
 from twin.emulation.probe import ProbeSummary, percentile
-from twin.emulation.records import RECORD_ROOT, tagged_bridges
+from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
 from twin.emulation.session import TwinSession
 from twin.errors import TwinError
 from twin.model import addressing as ad
@@ -161,13 +161,7 @@ class Procs:
         return proc
 
     def stop(self, proc: subprocess.Popen) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_child(proc)
 
     def close(self) -> None:
         for proc in self.procs:

@@ -6,7 +6,6 @@ the fixtures, also when a test fails.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from twin.emulation.delay_engine import DelayEngineProcess, LinkSpec
 from twin.emulation.probe import ProbeSummary
+from twin.emulation.records import stop_child
 
 pytestmark = pytest.mark.root
 
@@ -83,12 +83,7 @@ def reflector(two_hosts):
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_child(proc)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -202,3 +202,14 @@ def host_state() -> dict[str, set[str]]:
         "veths": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ":" in line},
         "runs": {p.name for p in RECORD_ROOT.iterdir()} if RECORD_ROOT.is_dir() else set(),
     }
+
+
+def stop_child(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
+    """End a child we started: SIGTERM, wait, SIGKILL if it does not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
