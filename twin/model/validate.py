@@ -77,11 +77,17 @@ def _innermost_model(annotation: Any) -> type[Strict] | None:
     return None
 
 
-def _topology_rules(topo: Topology, file: str, lines: LineMap) -> list[Problem]:
-    problems: list[Problem] = []
+def _adder(problems: list[Problem], file: str, lines: LineMap):
+    """``add(path, what, fix)`` appending a located problem: the cross-field rules' one verb."""
 
     def add(path: str, what: str, fix: str) -> None:
         problems.append(Problem(file, lines.line_of(path), path, what, fix))
+    return add
+
+
+def _topology_rules(topo: Topology, file: str, lines: LineMap) -> list[Problem]:
+    problems: list[Problem] = []
+    add = _adder(problems, file, lines)
 
     counts = Counter(site.id for site in topo.sites)
     for i, site in enumerate(topo.sites):
@@ -129,9 +135,7 @@ def _topology_rules(topo: Topology, file: str, lines: LineMap) -> list[Problem]:
 
 def _scenario_rules(scn: Scenario, file: str, lines: LineMap, topo: Topology | None) -> list[Problem]:
     problems: list[Problem] = []
-
-    def add(path: str, what: str, fix: str) -> None:
-        problems.append(Problem(file, lines.line_of(path), path, what, fix))
+    add = _adder(problems, file, lines)
 
     counts = Counter(s.id for s in scn.services)
     for i, svc in enumerate(scn.services):
