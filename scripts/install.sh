@@ -160,9 +160,9 @@ setup_venv() {
         VENV_SUMMARY="up to date"
         log ".venv: up to date (pyproject.toml unchanged since last install)"
     else
-        log "installing the twin into .venv: pip install -e '.[emulation,test]'"
+        log "installing the twin into .venv: pip install -e '.[emulation,workloads,report,test]'"
         "${VENV}/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
-        (cd "$REPO_ROOT" && "${VENV}/bin/python" -m pip install -q --disable-pip-version-check -e '.[emulation,test]')
+        (cd "$REPO_ROOT" && "${VENV}/bin/python" -m pip install -q --disable-pip-version-check -e '.[emulation,workloads,report,test]')
         touch "$STAMP"
         VENV_SUMMARY="installed now"
     fi
