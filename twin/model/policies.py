@@ -1,0 +1,557 @@
+"""Placement policies: where each service should run for the next decision interval.
+
+Pure functions of a :class:`DecisionInput` (power signals, current placements,
+feasible sites, capacity, down sites); the daemon and the model-only simulator
+both call :meth:`Policy.decide` and get one :class:`Decision` per service, with a
+reason a person can read.
+
+Rules every policy keeps:
+
+- a service is only placed where its latency SLO holds for all its user regions
+  (``feasible``) and never at a down site;
+- capacity: the CPUs and memory of the services at a site never exceed the
+  site's ``compute`` (a service may always stay where it already is);
+- a service whose site is down or no longer meets its SLO is moved to the best
+  feasible site that fits (reason ``forced: ...``); if there is none it stays and
+  the reason says so;
+- deterministic: services are decided in the order given (earlier ones take
+  capacity first), ties go to the current site, then to the earlier site in
+  ``capacity`` order (the topology's site order).
+
+Policies:
+
+``static``
+    never moves unless forced; a forced move goes to the lowest-latency site.
+``greedy-surplus``
+    the site with the most surplus MW; ties: lower carbon intensity.
+``greedy-carbon``
+    the site with the lowest grid carbon intensity; ties: more surplus.
+``hysteresis``
+    the greedy-surplus score normalised to 0..1 (surplus / largest surplus of any
+    site now); moves only when ``best - migration_cost > current + hysteresis``
+    and at least ``min_dwell`` seconds after the service's last move.
+``oracle``
+    offline: knows the whole timeline (signals, feasibility, down sites) and plans
+    every service by dynamic programming over the slots, see :func:`plan_oracle`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Mapping, Protocol, Sequence
+
+import numpy as np
+
+from twin.errors import TwinError
+from twin.model.plan import slo_feasibility
+from twin.model.schema import Policy as PolicyConfig
+from twin.model.schema import Service, Topology
+
+POLICY_NAMES = ("static", "greedy-surplus", "greedy-carbon", "hysteresis", "oracle")
+_CAPACITY_SLACK = 1e-9  # float sums of fractional CPUs (0.1 + 0.2) must still fit 0.3
+
+
+class SignalLike(Protocol):
+    """What a policy reads of a site's power signal (twin.model.power.SiteSignal)."""
+
+    surplus_mw: float
+    carbon_g_per_kwh: float
+
+
+@dataclass(frozen=True)
+class DecisionInput:
+    """Everything a policy may look at, at scenario time ``t`` (seconds).
+
+    ``capacity`` lists every site as ``(cpus, memory_bytes)``; its key order is the
+    site order used to break ties. ``latency_ms`` (optional) is each service's
+    worst-region expected latency per site, used to pick the nearest site when a
+    policy that ignores power has to move.
+    """
+
+    t: float
+    signals: Mapping[str, SignalLike]
+    placements: Mapping[str, str]
+    last_move: Mapping[str, float | None]
+    feasible: Mapping[str, frozenset[str]]
+    capacity: Mapping[str, tuple[float, float]]
+    services: Sequence[Service]
+    down_sites: frozenset[str] = frozenset()
+    latency_ms: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One service's placement for the next interval; ``to_site == from_site`` means stay."""
+
+    service: str
+    from_site: str
+    to_site: str
+    reason: str
+    scores: dict[str, float]
+    forced: bool = False
+
+    @property
+    def moves(self) -> bool:
+        return self.to_site != self.from_site
+
+
+# --------------------------------------------------------------------------- feasibility
+
+
+def feasible_sites(service: Service, topology: Topology,
+                   rtt_overrides_ms: Mapping[tuple[str, str], float] | None = None, *,
+                   cut_spans: frozenset[frozenset[str]] | set = frozenset()) -> frozenset[str]:
+    """Sites where, for every demand region, RTT + service time <= the SLO latency budget.
+
+    RTT is the model's (``plan.slo_feasibility``: 2 x the fastest route's one-way
+    delay, 0 within a site) over the spans that are not cut, unless
+    ``rtt_overrides_ms[(region, site)]`` gives a measured one. A site that some
+    region cannot reach at all is not feasible.
+    """
+    rtt = model_rtt_ms([service], topology, cut_spans)
+    overrides = rtt_overrides_ms or {}
+    budget_ms = service.slo.latency * 1e3
+    service_ms = service.service_time * 1e3
+    feasible = set()
+    for site in topology.sites:
+        ok = True
+        for demand in service.demand:
+            measured = overrides.get((demand.region, site.id))
+            value = measured if measured is not None else rtt.get((demand.region, site.id))
+            if value is None or value + service_ms > budget_ms:
+                ok = False
+                break
+        if ok:
+            feasible.add(site.id)
+    return frozenset(feasible)
+
+
+def model_rtt_ms(services: Sequence[Service], topology: Topology,
+                 cut_spans: frozenset[frozenset[str]] | set = frozenset()) -> dict[tuple[str, str], float]:
+    """Model RTT (ms) from each demand region of ``services`` to each reachable site.
+
+    Reuses ``plan.slo_feasibility``; cut spans are left out of the topology it sees.
+    """
+    if cut_spans:
+        cut = {frozenset(s) for s in cut_spans}
+        topology = topology.model_copy(update={"spans": [s for s in topology.spans if frozenset(s.ends) not in cut]})
+    rows = slo_feasibility(SimpleNamespace(services=list(services)), topology)
+    return {(row.region, row.site): row.rtt_ms for row in rows}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def format_duration(seconds: float) -> str:
+    """Short human duration: ``1h``, ``30 min``, ``1h30``, ``45 s``.
+
+    >>> format_duration(3600), format_duration(1800), format_duration(5400), format_duration(45)
+    ('1h', '30 min', '1h30', '45 s')
+    """
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes = seconds // 60
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h" if minutes == 0 else f"{hours}h{minutes:02d}"
+
+
+def _mw(value: float) -> str:
+    return f"{value:.0f} MW" if value >= 10 or value == 0 else f"{value:.1f} MW"
+
+
+class _Usage:
+    """CPUs and memory in use per site while services are decided one after another."""
+
+    def __init__(self, inp: DecisionInput, by_id: Mapping[str, Service]):
+        self.capacity = inp.capacity
+        self.cpus = {site: 0.0 for site in inp.capacity}
+        self.memory = {site: 0.0 for site in inp.capacity}
+        for service_id, site in inp.placements.items():
+            service = by_id.get(service_id)
+            if service is not None and site in self.cpus:
+                self.add(service, site)
+
+    def add(self, service: Service, site: str, sign: float = 1.0) -> None:
+        self.cpus[site] += sign * service.cpus
+        self.memory[site] += sign * service.memory
+
+    def fits(self, service: Service, site: str) -> bool:
+        cpus, memory = self.capacity[site]
+        return (self.cpus[site] + service.cpus <= cpus + _CAPACITY_SLACK
+                and self.memory[site] + service.memory <= memory + _CAPACITY_SLACK)
+
+
+# --------------------------------------------------------------------------- policies
+
+
+class Policy:
+    """Base: the shared rules (feasibility, capacity, forced moves); subclasses rank sites."""
+
+    name = "policy"
+
+    def decide(self, inp: DecisionInput, *, forced_only: bool = False) -> list[Decision]:
+        """One decision per service of ``inp.services``, in that order.
+
+        ``forced_only``: decide only services whose site is down or fails its SLO
+        (used when an event happens between decision times); the others stay.
+        """
+        by_id = {s.id: s for s in inp.services}
+        usage = _Usage(inp, by_id)
+        order = {site: i for i, site in enumerate(inp.capacity)}
+        self._prepare(inp)
+        decisions = []
+        for service in inp.services:
+            current = inp.placements[service.id]
+            if current in usage.cpus:
+                usage.add(service, current, -1.0)  # its own share is free to reuse
+            feasible = inp.feasible.get(service.id, frozenset())
+            allowed = [s for s in inp.capacity if s in feasible and s not in inp.down_sites]
+            candidates = [s for s in allowed if s == current or usage.fits(service, s)]
+            scores = self._scores(service, allowed, inp)
+            down = current in inp.down_sites
+            infeasible = current not in feasible
+            forced = down or infeasible
+            why = f"site {current} down" if down else f"SLO not met at {current}"
+            if not forced and forced_only:
+                decision = Decision(service.id, current, current, "stay: not affected by the event", scores)
+            elif not candidates or (not forced and candidates == [current]):
+                full = [s for s in allowed if s not in candidates]
+                detail = f"; {', '.join(full)} full" if full else ""
+                if forced:
+                    reason = f"stay: {why} but no feasible site has capacity{detail}"
+                else:
+                    reason = f"stay: no other feasible site{detail}"
+                decision = Decision(service.id, current, current, reason, scores, forced)
+            elif forced:
+                best = min(candidates, key=lambda s: (self._forced_key(service, s, scores, inp), order[s]))
+                reason = f"forced: {why}; moved to {best} ({self._describe(best, scores, inp)})"
+                decision = Decision(service.id, current, best, reason, scores, True)
+            else:
+                to_site, reason = self._choose(service, current, candidates, scores, inp, order)
+                decision = Decision(service.id, current, to_site, reason, scores)
+            if decision.to_site in usage.cpus:
+                usage.add(service, decision.to_site)
+            decisions.append(decision)
+        return decisions
+
+    # -- to override -------------------------------------------------------------------
+    def _prepare(self, inp: DecisionInput) -> None:
+        """Per-call precomputation (e.g. normalisation) before the services are decided."""
+
+    def _scores(self, service: Service, sites: list[str], inp: DecisionInput) -> dict[str, float]:
+        return {}
+
+    def _forced_key(self, service: Service, site: str, scores: dict[str, float], inp: DecisionInput):
+        """Smaller is better: by default the highest score."""
+        return -scores.get(site, 0.0)
+
+    def _describe(self, site: str, scores: dict[str, float], inp: DecisionInput) -> str:
+        return f"score {scores.get(site, 0.0):.3g}"
+
+    def _choose(self, service: Service, current: str, candidates: list[str], scores: dict[str, float],
+                inp: DecisionInput, order: Mapping[str, int]) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+class StaticPolicy(Policy):
+    """Never moves unless forced; then to the site with the lowest expected latency."""
+
+    name = "static"
+
+    def _scores(self, service, sites, inp):
+        latency = inp.latency_ms.get(service.id, {})
+        return {s: -latency[s] for s in sites if s in latency}
+
+    def _describe(self, site, scores, inp):
+        return f"{-scores[site]:.2f} ms" if site in scores else "first feasible site"
+
+    def _choose(self, service, current, candidates, scores, inp, order):
+        return current, "stay: static placement"
+
+
+class GreedyPolicy(Policy):
+    """Best site now by a signal; moves whenever another site is strictly better."""
+
+    def __init__(self, by: str):
+        if by not in ("surplus", "carbon"):
+            raise TwinError(f"greedy policy ranks by 'surplus' or 'carbon', not {by!r}")
+        self.by = by
+        self.name = f"greedy-{by}"
+
+    def _key(self, site: str, inp: DecisionInput) -> tuple[float, float]:
+        signal = inp.signals[site]
+        if self.by == "surplus":
+            return (signal.surplus_mw, -signal.carbon_g_per_kwh)
+        return (-signal.carbon_g_per_kwh, signal.surplus_mw)
+
+    def _scores(self, service, sites, inp):
+        return {s: self._key(s, inp)[0] for s in sites}
+
+    def _forced_key(self, service, site, scores, inp):
+        return tuple(-v for v in self._key(site, inp))
+
+    def _describe(self, site, scores, inp):
+        signal = inp.signals[site]
+        if self.by == "surplus":
+            return f"surplus {_mw(signal.surplus_mw)}"
+        return f"{signal.carbon_g_per_kwh:.0f} g/kWh"
+
+    def _choose(self, service, current, candidates, scores, inp, order):
+        best = min(candidates, key=lambda s: (tuple(-v for v in self._key(s, inp)), order[s]))
+        if best == current or self._key(best, inp) <= self._key(current, inp):
+            return current, f"stay: {current} is best ({self._describe(current, scores, inp)})"
+        verb = "beats" if self.by == "surplus" else "is cleaner than"
+        return best, (f"{best} {self._describe(best, scores, inp)} {verb} "
+                      f"{current} {self._describe(current, scores, inp)}")
+
+
+class HysteresisPolicy(GreedyPolicy):
+    """Greedy on normalised surplus, moving only past a margin and after a minimum dwell."""
+
+    name = "hysteresis"
+
+    def __init__(self, *, min_dwell_s: float, hysteresis: float, migration_cost: float):
+        super().__init__("surplus")
+        self.name = "hysteresis"
+        self.min_dwell_s = min_dwell_s
+        self.hysteresis = hysteresis
+        self.migration_cost = migration_cost
+        self._max_surplus = 0.0
+
+    def _prepare(self, inp):
+        self._max_surplus = max((sig.surplus_mw for sig in inp.signals.values()), default=0.0)
+
+    def _scores(self, service, sites, inp):
+        top = self._max_surplus
+        return {s: (inp.signals[s].surplus_mw / top if top > 0 else 0.0) for s in sites}
+
+    def _choose(self, service, current, candidates, scores, inp, order):
+        last = inp.last_move.get(service.id)
+        if last is not None and inp.t - last < self.min_dwell_s:
+            return current, (f"stay: min dwell {format_duration(self.min_dwell_s)} not over "
+                             f"(moved {format_duration(inp.t - last)} ago)")
+        best = min(candidates, key=lambda s: (tuple(-v for v in self._key(s, inp)), order[s]))
+        margin = self.hysteresis + self.migration_cost
+        here = scores.get(current, 0.0)
+        there = scores.get(best, 0.0)
+        signal = inp.signals
+        what = (f"{best} surplus {_mw(signal[best].surplus_mw)} vs {current} "
+                f"{_mw(signal[current].surplus_mw)}")
+        margins = f"hysteresis {self.hysteresis:.0%} + migration cost {self.migration_cost:.0%}"
+        if best == current:
+            return current, f"stay: {current} is best (surplus {_mw(signal[current].surplus_mw)})"
+        if there - here > margin:
+            return best, (f"{best} surplus {_mw(signal[best].surplus_mw)} beats {current} "
+                          f"{_mw(signal[current].surplus_mw)} by more than {margins}")
+        return current, f"stay: {what} is within {margins}"
+
+
+class OraclePolicy(Policy):
+    """Replays a plan made by :func:`plan_oracle` over the whole timeline."""
+
+    name = "oracle"
+
+    def __init__(self, plan: "OraclePlan"):
+        self.plan = plan
+
+    def _scores(self, service, sites, inp):
+        slot = self.plan.slot_of(inp.t)
+        costs = self.plan.costs.get(service.id)
+        if costs is None:
+            return {}
+        index = self.plan.site_index
+        return {s: -float(costs[slot, index[s]]) for s in sites if math.isfinite(costs[slot, index[s]])}
+
+    def _describe(self, site, scores, inp):
+        return f"grid {-scores[site]:.4g} kWh this slot" if site in scores else "no cost known"
+
+    def _choose(self, service, current, candidates, scores, inp, order):
+        slot = self.plan.slot_of(inp.t)
+        planned = self.plan.sites[service.id][slot]
+        if planned == current:
+            return current, f"stay: the oracle plan keeps {current} for this slot"
+        if planned in candidates:
+            return planned, (f"oracle plan: {planned} ({self._describe(planned, scores, inp)}) over "
+                             f"{current} ({self._describe(current, scores, inp)}), {self.plan.objective}")
+        return current, f"stay: the oracle planned {planned} but it is not feasible or full now"
+
+
+# --------------------------------------------------------------------------- oracle
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """What the oracle knows in advance, per slot ``k`` starting at ``k * slot_seconds``.
+
+    ``grid_kwh[svc]`` and ``kg_co2[svc]`` are (slots x sites) arrays: the service's
+    grid energy and emissions if it ran at that site for that slot (from the energy
+    model). ``feasible[k][svc]`` and ``down[k]`` may share objects between slots.
+    """
+
+    slot_seconds: float
+    sites: tuple[str, ...]
+    capacity: Mapping[str, tuple[float, float]]
+    services: Sequence[Service]
+    initial: Mapping[str, str]
+    grid_kwh: Mapping[str, np.ndarray]
+    kg_co2: Mapping[str, np.ndarray]
+    energy_kwh: Mapping[str, np.ndarray]
+    feasible: Sequence[Mapping[str, frozenset[str]]]
+    down: Sequence[frozenset[str]]
+
+    @property
+    def slots(self) -> int:
+        return len(self.down)
+
+
+@dataclass(frozen=True)
+class OraclePlan:
+    slot_seconds: float
+    site_index: Mapping[str, int]
+    sites: Mapping[str, list[str]]           # per service, the site of each slot
+    costs: Mapping[str, np.ndarray]          # per service, the cost matrix the DP used (inf = not allowed)
+    move_cost: Mapping[str, float]           # per service, what one move cost in the DP
+    objective: str
+
+    def slot_of(self, t: float) -> int:
+        slots = len(next(iter(self.sites.values()))) if self.sites else 1
+        return min(max(int(t // self.slot_seconds), 0), slots - 1)
+
+
+_CO2_TIE_WEIGHT = 1e-6  # kWh per kg CO2: carbon only breaks ties of grid energy
+
+
+def oracle_costs(timeline: Timeline, service_id: str) -> np.ndarray:
+    """The oracle's per-slot cost of each site: grid kWh, plus kg CO2 x 1e-6 to break ties."""
+    return timeline.grid_kwh[service_id] + _CO2_TIE_WEIGHT * timeline.kg_co2[service_id]
+
+
+def oracle_move_cost(timeline: Timeline, service_id: str, migration_cost: float) -> float:
+    """One move costs ``migration_cost`` x the service's mean energy per slot (kWh)."""
+    return migration_cost * float(np.mean(timeline.energy_kwh[service_id]))
+
+
+def placement_cost(costs: np.ndarray, sites: Sequence[int], initial: int, move_cost: float) -> float:
+    """The oracle objective of a placement sequence (site indices per slot)."""
+    total = 0.0
+    previous = initial
+    for slot, site in enumerate(sites):
+        total += costs[slot, site] + (move_cost if site != previous else 0.0)
+        previous = site
+    return total
+
+
+def plan_oracle(timeline: Timeline, migration_cost: float) -> OraclePlan:
+    """Offline plan: per service, the site sequence of least grid energy plus migration cost.
+
+    Objective per service: sum over slots of the grid kWh it would draw at its site
+    (energy not covered by the area's surplus, i.e. maximise absorbed surplus),
+    plus ``migration_cost`` x its mean energy per slot for every move (including a
+    move away from its initial site at slot 0); grid kg CO2 breaks ties. Found
+    exactly by dynamic programming over slots (a move costs the same from any
+    site, so each slot costs O(sites)). Constraints per slot: SLO-feasible, site
+    up, and capacity left by the services planned before it (services are planned
+    in order, so across services the plan is greedy, not a joint optimum).
+    Slots where no site is allowed keep the service where it is (nothing counted). Minimum dwell is not applied: the oracle is the bar.
+    """
+    sites = timeline.sites
+    index = {s: i for i, s in enumerate(sites)}
+    n_slots, n_sites = timeline.slots, len(sites)
+    cap_cpus = np.array([timeline.capacity[s][0] for s in sites], dtype=float)
+    cap_mem = np.array([timeline.capacity[s][1] for s in sites], dtype=float)
+    used_cpus = np.zeros((n_slots, n_sites))
+    used_mem = np.zeros((n_slots, n_sites))
+    # Feasibility and down sites repeat across slots: build each distinct mask once.
+    mask_cache: dict[tuple[int, int], np.ndarray] = {}
+    plans: dict[str, list[str]] = {}
+    all_costs: dict[str, np.ndarray] = {}
+    move_costs: dict[str, float] = {}
+    for service in timeline.services:
+        allowed = np.empty((n_slots, n_sites), dtype=bool)
+        for k in range(n_slots):
+            feasible = timeline.feasible[k].get(service.id, frozenset())
+            down = timeline.down[k]
+            key = (id(feasible), id(down))
+            mask = mask_cache.get(key)
+            if mask is None:
+                mask = np.array([s in feasible and s not in down for s in sites])
+                mask_cache[key] = mask
+            allowed[k] = mask
+        allowed &= (used_cpus + service.cpus <= cap_cpus + _CAPACITY_SLACK)
+        allowed &= (used_mem + service.memory <= cap_mem + _CAPACITY_SLACK)
+        costs = np.where(allowed, oracle_costs(timeline, service.id), np.inf)
+        move = oracle_move_cost(timeline, service.id, migration_cost)
+        initial = index[timeline.initial[service.id]]
+        path = _dp(costs, allowed, initial, move)
+        for k, site in enumerate(path):
+            used_cpus[k, site] += service.cpus
+            used_mem[k, site] += service.memory
+        plans[service.id] = [sites[i] for i in path]
+        all_costs[service.id] = costs
+        move_costs[service.id] = move
+    return OraclePlan(timeline.slot_seconds, index, plans, all_costs, move_costs,
+                      "minimising grid kWh plus migration cost")
+
+
+def _dp(costs: np.ndarray, allowed: np.ndarray, initial: int, move: float) -> list[int]:
+    """Least-cost site sequence (Viterbi with a uniform move cost); ties: stay, then site order."""
+    n_slots, n_sites = costs.shape
+    stuck = ~allowed.any(axis=1)
+    total = np.full(n_sites, np.inf)
+    total[initial] = 0.0
+    # came_from[k, s]: the site at slot k-1 on the best path reaching s at slot k (-1: itself).
+    best_from = np.empty(n_slots, dtype=np.int64)
+    stayed = np.empty((n_slots, n_sites), dtype=bool)
+    for k in range(n_slots):
+        if stuck[k]:
+            # Nowhere allowed: keep every path where it is, paying nothing extra.
+            best_from[k] = 0
+            stayed[k] = True
+            continue
+        j = int(np.argmin(total))
+        via_move = total[j] + move
+        stay = total <= via_move
+        stayed[k] = stay
+        best_from[k] = j
+        total = np.where(stay, total, via_move) + costs[k]
+    end = int(np.argmin(total))
+    if not math.isfinite(total[end]):
+        return [initial] * n_slots  # unreachable only if no slot is ever allowed from the start
+    path = [0] * n_slots
+    site = end
+    for k in range(n_slots - 1, -1, -1):
+        path[k] = site
+        if not stayed[k, site]:
+            site = int(best_from[k])
+    return path
+
+
+# --------------------------------------------------------------------------- factory
+
+
+def make_policy(policy_cfg: PolicyConfig, *, oracle_plan: OraclePlan | None = None) -> Policy:
+    """The policy a scenario names; ``oracle`` needs the plan made by :func:`plan_oracle`.
+
+    Raises:
+        TwinError: unknown policy name, or oracle without a plan.
+    """
+    name = policy_cfg.name
+    if name == "static":
+        return StaticPolicy()
+    if name == "greedy-surplus":
+        return GreedyPolicy("surplus")
+    if name == "greedy-carbon":
+        return GreedyPolicy("carbon")
+    if name == "hysteresis":
+        return HysteresisPolicy(min_dwell_s=policy_cfg.min_dwell, hysteresis=policy_cfg.hysteresis,
+                                migration_cost=policy_cfg.migration_cost)
+    if name == "oracle":
+        if oracle_plan is None:
+            raise TwinError("the oracle policy needs the whole timeline: build it with plan_oracle() first")
+        return OraclePolicy(oracle_plan)
+    raise TwinError(f"unknown policy {name!r}; use one of {', '.join(POLICY_NAMES)}")
