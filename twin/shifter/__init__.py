@@ -1,0 +1,1 @@
+"""The shifting daemon: power signals -> placement policy -> migrations (asyncio)."""
