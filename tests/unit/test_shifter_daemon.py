@@ -12,7 +12,11 @@ import pytest
 from twin.model.power import SiteSignal
 from twin.model.schema import Event
 from twin.shifter.daemon import InstantClock, RetryPolicy, ScenarioClock, ShiftingDaemon
-from twin.shifter.interfaces import ControllerUnavailable, MigrationFailed, MigrationOutcome
+from twin.shifter.interfaces import (
+    ControllerUnavailable,
+    MigrationFailed,
+    MigrationOutcome,
+)
 
 SITES = ("a", "b", "c")
 
@@ -157,7 +161,7 @@ async def test_controller_outage_is_retried_then_reconciled(make_scenario_servic
     services = make_services(make_scenario_service)
     runtime = FakeRuntime({"svc1": "a"})
     runtime.down_calls = 2  # fewer than max_attempts: the step goes through
-    daemon, emitted = build(services, ScriptedPolicy({0.0: {"svc1": "b"}}), runtime, duration=1800.0)
+    daemon, _ = build(services, ScriptedPolicy({0.0: {"svc1": "b"}}), runtime, duration=1800.0)
     result = await daemon.run()
     assert runtime.where == {"svc1": "b"} and result.skipped_steps == 0
 
@@ -203,7 +207,7 @@ async def test_sigterm_stops_the_daemon_between_steps(make_scenario_service):
     runtime = FakeRuntime({"svc1": "a"})
     # 1800 scenario s per 0.05 wall s: 100 steps would take 5 s; SIGTERM comes after 0.12 s
     clock = ScenarioClock(compression=1800.0 / 0.05)
-    daemon, emitted = build(services, ScriptedPolicy({}), runtime, duration=100 * 1800.0, clock=clock)
+    daemon, _ = build(services, ScriptedPolicy({}), runtime, duration=100 * 1800.0, clock=clock)
     daemon.install_signal_handlers()
     try:
         asyncio.get_running_loop().call_later(0.12, os.kill, os.getpid(), signal.SIGTERM)

@@ -234,7 +234,7 @@ class ShiftingDaemon:
                 self.down_sites.add(event.site)
             elif event.kind == "site-up":
                 self.down_sites.discard(event.site)
-            detail = await self._call(lambda: self.runtime.apply_event(event.kind, span, event.site), deadline)
+            detail = await self._call(lambda e=event, s=span: self.runtime.apply_event(e.kind, s, e.site), deadline)
             self.emit({"t": t, "kind": "event", "event": event.kind, "at": event.at,
                        "span": list(span) if span else None, "site": event.site, "detail": detail})
 
@@ -250,7 +250,7 @@ class ShiftingDaemon:
                 site = candidates[0] if candidates else site
             self.emit({"t": t, "kind": "warning",
                        "message": f"service {service.id} had no running instance; restarting it at {site}"})
-            await self._call(lambda: self.runtime.ensure_running(service.id, site), deadline)
+            await self._call(lambda sid=service.id, at=site: self.runtime.ensure_running(sid, at), deadline)
             placements[service.id] = site
         return placements
 
