@@ -120,6 +120,60 @@ class DelayEngineError(TwinError):
 # --------------------------------------------------------------------------- specs
 
 
+ANY_VID = -1  # a channel that takes every frame (a link without channels)
+VID_MAX = 4094
+
+
+def _param_problems(where: str, obj) -> list[str]:
+    """Problems of the delay/jitter/router/pacing fields shared by links and channels."""
+    out = []
+    if not (isinstance(obj.delay_us, (int, float)) and obj.delay_us >= 0 and math.isfinite(obj.delay_us)):
+        out.append(f"{where}: delay_us must be a finite number >= 0, got {obj.delay_us!r}")
+    if not (isinstance(obj.jitter_us, (int, float)) and obj.jitter_us >= 0 and math.isfinite(obj.jitter_us)):
+        out.append(f"{where}: jitter_us must be a finite number >= 0, got {obj.jitter_us!r}")
+    if obj.jitter_dist not in JITTER_DISTS:
+        out.append(f"{where}: jitter_dist {obj.jitter_dist!r} unknown; use one of {', '.join(JITTER_DISTS)}")
+    if obj.jitter_us > 0 and obj.jitter_dist == "none":
+        out.append(f"{where}: jitter_us={obj.jitter_us} but jitter_dist is 'none'; name a distribution")
+    if not 0 <= obj.background_load < 1:
+        out.append(f"{where}: background_load must be in [0, 1), got {obj.background_load!r}")
+    if obj.background_load > 0 and not (obj.rate_bps and obj.rate_bps > 0):
+        out.append(f"{where}: background_load needs rate_bps > 0 (the router's line rate)")
+    if obj.rate_bps is not None and not obj.rate_bps > 0:
+        out.append(f"{where}: rate_bps must be > 0 or null, got {obj.rate_bps!r}")
+    if obj.pace_bps is not None and not (isinstance(obj.pace_bps, (int, float)) and obj.pace_bps > 0):
+        out.append(f"{where}: pace_bps must be > 0 or null, got {obj.pace_bps!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """One channel of a trunk link: the frames carrying 802.1Q VLAN id ``vid`` (None: untagged).
+
+    Each channel has its own delay, jitter, router model and token-bucket
+    shaper (``pace_bps``), and its own order per direction, so one channel's
+    frames never wait behind another's: a trunk carries several wavelengths
+    the way a fibre does.
+    """
+
+    vid: int | None
+    name: str = ""
+    delay_us: float = 0.0
+    jitter_us: float = 0.0
+    jitter_dist: str = "none"
+    background_load: float = 0.0
+    rate_bps: float | None = None
+    pace_bps: float | None = None
+    seed: int = 0
+
+    def problems(self, where: str) -> list[str]:
+        where = f"{where} channel {self.name or self.vid!r}"
+        out = []
+        if self.vid is not None and not (isinstance(self.vid, int) and 1 <= self.vid <= VID_MAX):
+            out.append(f"{where}: vid must be an integer 1..{VID_MAX} or null (untagged), got {self.vid!r}")
+        return out + _param_problems(where, self)
+
+
 @dataclass(frozen=True)
 class LinkSpec:
     """One emulated link: frames are forwarded iface_a <-> iface_b with this delay.
@@ -128,18 +182,34 @@ class LinkSpec:
     half-width for ``uniform`` and the standard deviation for ``normal`` and
     ``paretonormal``. ``background_load`` (in [0, 1)) and ``rate_bps`` switch
     on the conventional-router model (:class:`RouterQueue`) in both directions,
-    each with its own random stream.
+    each with its own random stream. ``pace_bps`` shapes each direction with a
+    token bucket (:class:`TokenBucket`), as tbf would.
+
+    With ``channels`` the link is a trunk: each frame is demultiplexed by its
+    VLAN id to the channel of that id (untagged frames to the channel with
+    ``vid`` None) and gets that channel's delay, jitter and pacing; a frame of
+    no channel is dropped and counted. The link-level delay fields are then
+    unused.
     """
 
     name: str
     iface_a: str
     iface_b: str
-    delay_us: float
+    delay_us: float = 0.0
     jitter_us: float = 0.0
     jitter_dist: str = "none"
     background_load: float = 0.0
     rate_bps: float | None = None
     seed: int = 0
+    pace_bps: float | None = None
+    channels: tuple[ChannelSpec, ...] = ()
+
+    def channel_specs(self) -> tuple[ChannelSpec, ...]:
+        """The channels frames are sorted into (one catch-all channel for a plain link)."""
+        if self.channels:
+            return self.channels
+        return (ChannelSpec(ANY_VID, self.name, self.delay_us, self.jitter_us, self.jitter_dist,
+                            self.background_load, self.rate_bps, self.pace_bps, self.seed),)
 
     def problems(self) -> list[str]:
         """Every problem with this spec, each a complete sentence naming the field."""
@@ -151,20 +221,16 @@ class LinkSpec:
                 out.append(f"{where}: {attr} {value!r} is not a valid interface name (1-15 chars)")
         if self.iface_a == self.iface_b:
             out.append(f"{where}: iface_a and iface_b are both {self.iface_a!r}")
-        if not (isinstance(self.delay_us, (int, float)) and self.delay_us >= 0 and math.isfinite(self.delay_us)):
-            out.append(f"{where}: delay_us must be a finite number >= 0, got {self.delay_us!r}")
-        if not (isinstance(self.jitter_us, (int, float)) and self.jitter_us >= 0 and math.isfinite(self.jitter_us)):
-            out.append(f"{where}: jitter_us must be a finite number >= 0, got {self.jitter_us!r}")
-        if self.jitter_dist not in JITTER_DISTS:
-            out.append(f"{where}: jitter_dist {self.jitter_dist!r} unknown; use one of {', '.join(JITTER_DISTS)}")
-        if self.jitter_us > 0 and self.jitter_dist == "none":
-            out.append(f"{where}: jitter_us={self.jitter_us} but jitter_dist is 'none'; name a distribution")
-        if not 0 <= self.background_load < 1:
-            out.append(f"{where}: background_load must be in [0, 1), got {self.background_load!r}")
-        if self.background_load > 0 and not (self.rate_bps and self.rate_bps > 0):
-            out.append(f"{where}: background_load needs rate_bps > 0 (the router's line rate)")
-        if self.rate_bps is not None and not self.rate_bps > 0:
-            out.append(f"{where}: rate_bps must be > 0 or null, got {self.rate_bps!r}")
+        out += _param_problems(where, self)
+        seen: set = set()
+        for channel in self.channels:
+            if not isinstance(channel, ChannelSpec):
+                out.append(f"{where}: channels must be ChannelSpec objects, got {type(channel).__name__}")
+                continue
+            out += channel.problems(where)
+            if channel.vid in seen:
+                out.append(f"{where}: two channels with vid {channel.vid!r}")
+            seen.add(channel.vid)
         return out
 
     @classmethod
@@ -176,6 +242,24 @@ class LinkSpec:
         unknown = sorted(set(data) - known)
         if unknown:
             raise DelayEngineError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        data = dict(data)
+        channels = data.get("channels", ())
+        if not isinstance(channels, (list, tuple)):
+            raise DelayEngineError(f"{where}: channels must be a list of objects")
+        ch_known = {f.name for f in dataclasses.fields(ChannelSpec)}
+        built = []
+        for i, ch in enumerate(channels):
+            if not isinstance(ch, dict):
+                raise DelayEngineError(f"{where}: channels[{i}]: expected an object")
+            bad = sorted(set(ch) - ch_known)
+            if bad:
+                raise DelayEngineError(f"{where}: channels[{i}]: unknown field(s) {', '.join(bad)}; "
+                                       f"known: {', '.join(sorted(ch_known))}")
+            try:
+                built.append(ChannelSpec(**ch))
+            except TypeError as exc:
+                raise DelayEngineError(f"{where}: channels[{i}]: {exc}") from None
+        data["channels"] = tuple(built)
         try:
             return cls(**data)
         except TypeError as exc:
@@ -347,21 +431,68 @@ class RouterQueue:
         return work + own
 
 
-class DepartureScheduler:
-    """Departure times for one direction of one link, never reordering.
+class TokenBucket:
+    """A token-bucket shaper (what tbf does), as departure times instead of a queue.
 
-    ``departure(arrival_ns, frame_bytes)`` =
-    max(arrival + [router wait + service] + delay + jitter, previous departure),
-    with the per-frame delay clamped at >= 0 (a jitter sample can be negative).
+    The bucket holds at most ``burst_bytes`` of tokens and fills at
+    ``rate_bps``; a frame of L bytes leaves once L tokens are there, in FIFO
+    order. In virtual time: ``full_ns`` is when the bucket would be full again,
+    so a frame may leave at ``full - (burst - L) / rate`` and then pushes
+    ``full`` by L / rate. A frame that would wait longer than ``limit_us`` is
+    dropped (tbf's ``latency``), which is what tells TCP the rate.
+
+    >>> tb = TokenBucket(8e6, burst_bytes=2000)      # 1 byte per us
+    >>> [tb.release_ns(0, 1000) for _ in range(3)]    # 2,000 B pass at once, then 1 us per byte
+    [0, 0, 1000000]
     """
 
-    def __init__(self, delay_us: float, jitter: JitterSampler | None = None, router: RouterQueue | None = None):
+    def __init__(self, rate_bps: float, *, burst_bytes: int | None = None, limit_us: float = 20_000.0):
+        if not rate_bps > 0:
+            raise DelayEngineError(f"pacing rate must be > 0, got {rate_bps!r}")
+        self.rate_bps = float(rate_bps)
+        self.ns_per_byte = 8e9 / self.rate_bps
+        # Like link_backends.rate_limit_commands: 0.5 ms of line rate, at least two full frames.
+        self.burst_bytes = burst_bytes if burst_bytes is not None else max(2 * 1518, int(rate_bps * 0.0005 / 8))
+        self.limit_ns = limit_us * 1000
+        self.full_ns = 0.0
+        self.drops = 0
+
+    def release_ns(self, arrival_ns: int, frame_bytes: int) -> int | None:
+        """When the frame may leave the shaper, or None if it is dropped (queue over the limit)."""
+        full = self.full_ns
+        release = full - (self.burst_bytes - frame_bytes) * self.ns_per_byte
+        if release < arrival_ns:
+            release = arrival_ns
+        elif release - arrival_ns > self.limit_ns:
+            self.drops += 1
+            return None
+        self.full_ns = (full if full > release else release) + frame_bytes * self.ns_per_byte
+        return int(release)
+
+
+class DepartureScheduler:
+    """Departure times for one direction of one channel, never reordering.
+
+    ``departure(arrival_ns, frame_bytes)`` =
+    max(release + [router wait + service] + delay + jitter, previous departure),
+    where release is the arrival, or the time the token bucket lets the frame
+    go when the channel is paced; the per-frame delay is clamped at >= 0 (a
+    jitter sample can be negative). Returns None when the shaper drops.
+    """
+
+    def __init__(self, delay_us: float, jitter: JitterSampler | None = None, router: RouterQueue | None = None,
+                 pacer: TokenBucket | None = None):
         self.delay_ns = int(round(delay_us * 1000))
         self.jitter = jitter if jitter is not None and jitter.dist != "none" else None
         self.router = router
+        self.pacer = pacer
         self.last_departure_ns = 0
 
-    def departure(self, arrival_ns: int, frame_bytes: int = 0) -> int:
+    def departure(self, arrival_ns: int, frame_bytes: int = 0) -> int | None:
+        if self.pacer is not None:
+            arrival_ns = self.pacer.release_ns(arrival_ns, frame_bytes)
+            if arrival_ns is None:
+                return None
         extra = self.delay_ns
         if self.jitter is not None:
             extra += int(self.jitter.sample_us() * 1000)
@@ -376,17 +507,96 @@ class DepartureScheduler:
         return dep
 
 
+def _scheduler(channel: ChannelSpec, direction: int) -> DepartureScheduler:
+    seed = channel.seed * 2 + direction
+    jitter = JitterSampler(channel.jitter_dist, channel.jitter_us, seed=seed)
+    router = None
+    if channel.background_load > 0 and channel.rate_bps:
+        router = RouterQueue(channel.background_load, channel.rate_bps, seed=seed + 1_000_003)
+    pacer = TokenBucket(channel.pace_bps) if channel.pace_bps else None
+    return DepartureScheduler(channel.delay_us, jitter, router, pacer)
+
+
 def schedulers_for(link: LinkSpec) -> tuple[DepartureScheduler, DepartureScheduler]:
-    """The (a->b, b->a) schedulers for a link, each direction with its own seeded streams."""
-    out = []
-    for direction in (0, 1):
-        seed = link.seed * 2 + direction
-        jitter = JitterSampler(link.jitter_dist, link.jitter_us, seed=seed)
-        router = None
-        if link.background_load > 0 and link.rate_bps:
-            router = RouterQueue(link.background_load, link.rate_bps, seed=seed + 1_000_003)
-        out.append(DepartureScheduler(link.delay_us, jitter, router))
-    return out[0], out[1]
+    """The (a->b, b->a) schedulers of a plain link (its catch-all channel), each with its own streams."""
+    channel = link.channel_specs()[0]
+    return _scheduler(channel, 0), _scheduler(channel, 1)
+
+
+def frame_vid(frame: bytes) -> int | None:
+    """The VLAN id of an Ethernet frame whose tag is in the bytes (802.1Q or 802.1ad), else None.
+
+    >>> frame_vid(bytes(12) + b"\\x81\\x00\\x20\\x65" + b"\\x08\\x00")   # PCP 1, vid 101
+    101
+    >>> frame_vid(bytes(12) + b"\\x08\\x00") is None
+    True
+    """
+    if len(frame) >= 16 and frame[12] in (0x81, 0x88) and frame[13] in (0x00, 0xA8):
+        return ((frame[14] << 8) | frame[15]) & 0x0FFF
+    return None
+
+
+@dataclass
+class ChannelStats:
+    frames: int = 0
+    bytes: int = 0
+    paced_drops: int = 0
+
+    def as_dict(self) -> dict:
+        return {"frames": self.frames, "bytes": self.bytes, "paced_drops": self.paced_drops}
+
+
+class DirectionQueues:
+    """The channels of one direction of one link: which schedule a frame joins (pure; no sockets).
+
+    ``admit(arrival_ns, vid, frame_bytes)`` returns the frame's departure time,
+    or None when it is dropped: no channel for its VLAN id (``unknown_vid``) or
+    its channel's shaper is full. Channels never share a schedule, so a burst
+    on one VLAN cannot delay another.
+    """
+
+    def __init__(self, link: LinkSpec, direction: int):
+        self.channels: dict[int | None, DepartureScheduler] = {}
+        self.stats: dict[int | None, ChannelStats] = {}
+        self.catch_all: DepartureScheduler | None = None
+        for channel in link.channel_specs():
+            sched = _scheduler(channel, direction)
+            self.stats[channel.vid] = ChannelStats()
+            if channel.vid == ANY_VID:
+                self.catch_all = sched
+            else:
+                self.channels[channel.vid] = sched
+        self.unknown_vid = 0
+
+    def admit(self, arrival_ns: int, vid: int | None, frame_bytes: int) -> int | None:
+        sched = self.catch_all
+        key = ANY_VID
+        if sched is None:
+            key = vid
+            sched = self.channels.get(vid)
+            if sched is None:
+                self.unknown_vid += 1
+                return None
+        dep = sched.departure(arrival_ns, frame_bytes)
+        st = self.stats[key]
+        if dep is None:
+            st.paced_drops += 1
+        else:
+            st.frames += 1
+            st.bytes += frame_bytes
+        return dep
+
+    def set_pace(self, vid: int | None, pace_bps: float | None) -> None:
+        """Change (or remove, with None) the shaper of one channel while running."""
+        sched = self.catch_all if self.catch_all is not None else self.channels.get(vid)
+        if sched is None:
+            raise DelayEngineError(f"no channel with vid {vid!r}")
+        sched.pacer = TokenBucket(pace_bps) if pace_bps else None
+
+    def stats_dict(self) -> dict:
+        out = {("all" if vid == ANY_VID else "untagged" if vid is None else str(vid)): st.as_dict()
+               for vid, st in self.stats.items()}
+        return {"channels": out, "unknown_vid_drops": self.unknown_vid}
 
 
 # --------------------------------------------------------------------------- Linux plumbing
@@ -593,10 +803,11 @@ class _Direction:
     name: str
     in_sock: socket.socket
     out_sock: socket.socket
-    sched: DepartureScheduler
+    queues: DirectionQueues
     stats: DirectionStats = field(default_factory=DirectionStats)
     queued: int = 0
     ring: RxRing | None = None
+    trunk: bool = False   # frames are sorted by VLAN id
 
 
 class DelayEngine:
@@ -620,11 +831,11 @@ class DelayEngine:
                         prepare_interface(iface)
                     self._socks[iface] = open_packet_socket(iface)
                     self._rings[iface] = RxRing(self._socks[iface], _iface_mtu(iface))
-                ab, ba = schedulers_for(link)
                 sa, sb = self._socks[link.iface_a], self._socks[link.iface_b]
                 ra, rb = self._rings[link.iface_a], self._rings[link.iface_b]
-                for d in (_Direction(f"{link.name}:a->b", sa, sb, ab, ring=ra),
-                          _Direction(f"{link.name}:b->a", sb, sa, ba, ring=rb)):
+                trunk = bool(link.channels)
+                for d in (_Direction(f"{link.name}:a->b", sa, sb, DirectionQueues(link, 0), ring=ra, trunk=trunk),
+                          _Direction(f"{link.name}:b->a", sb, sa, DirectionQueues(link, 1), ring=rb, trunk=trunk)):
                     self._dirs.append(d)
                     self._by_fd[d.in_sock.fileno()] = d
             self._timer = TimerFd()
@@ -651,15 +862,33 @@ class DelayEngine:
         self._socks.clear()
 
     def stats(self) -> dict:
-        """Per link, per direction: frames, bytes, drops, mean/max send lateness (us)."""
+        """Per link, per direction: frames, bytes, drops, mean/max send lateness (us), and per channel
+        the frames admitted and those the shaper dropped."""
         out: dict[str, dict] = {}
         for d in self._dirs:
             link, direction = d.name.rsplit(":", 1)
-            out.setdefault(link, {})[direction] = d.stats.as_dict()
+            out.setdefault(link, {})[direction] = {**d.stats.as_dict(), **d.queues.stats_dict()}
         return out
 
-    def run(self, stop: threading.Event) -> None:
-        """Forward frames until ``stop`` is set. The hot loop; locals are bound for speed."""
+    def set_pace(self, link_name: str, vid: int | None, pace_bps: float | None) -> None:
+        """Re-shape one channel of a link (both directions) while running.
+
+        Raises:
+            DelayEngineError: no such link or channel.
+        """
+        dirs = [d for d in self._dirs if d.name.rsplit(":", 1)[0] == link_name]
+        if not dirs:
+            raise DelayEngineError(f"no link named {link_name!r}")
+        for d in dirs:
+            d.queues.set_pace(vid, pace_bps)
+
+    def run(self, stop: threading.Event, control: Callable[["DelayEngine"], None] | None = None,
+            control_due: threading.Event | None = None) -> None:
+        """Forward frames until ``stop`` is set. The hot loop; locals are bound for speed.
+
+        When ``control_due`` is set, ``control(self)`` is called between frames (then the
+        event is cleared): the way a signal handler changes the engine safely.
+        """
         set_timer_slack_ns(1)
         heap: list = []
         push, pop = heapq.heappush, heapq.heappop
@@ -679,7 +908,8 @@ class DelayEngine:
         def drain(d: _Direction) -> None:
             ring = d.ring
             mm, off, fsize, rsize = ring.mm, ring.offset, ring.frame_size, ring.size
-            departure = d.sched.departure
+            admit = d.queues.admit
+            trunk = d.trunk
             for _ in range(RECV_BATCH):
                 if not status_unpack(mm, off)[0] & TP_STATUS_USER:
                     break
@@ -693,16 +923,28 @@ class DelayEngine:
                 if snaplen < length or d.queued >= max_queued:
                     d.stats.drops += 1
                     continue
+                vid = None
                 if status & TP_STATUS_VLAN_VALID:
-                    # The kernel took the 802.1Q tag out of the frame; put it back.
+                    # The kernel took the 802.1Q tag out of the frame (into the ring header);
+                    # put it back, so the far switch sees the wavelength's VLAN.
                     tag = struct.pack("!HH", tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100, tci)
                     data = data[:12] + tag + data[12:]
+                    vid = tci & 0x0FFF
+                elif trunk:
+                    vid = frame_vid(data)
+                dep = admit(sec * 1_000_000_000 + nsec, vid, len(data))
+                if dep is None:
+                    continue  # no channel for this VLAN, or its shaper is full (counted per channel)
                 d.queued += 1
-                push(heap, (departure(sec * 1_000_000_000 + nsec, len(data)), next(counter), d, data))
+                push(heap, (dep, next(counter), d, data))
             ring.offset = off
 
         timeout = 0.0
+        control_is_set = control_due.is_set if control_due is not None else (lambda: False)
         while not stop_is_set():
+            if control_is_set():
+                control_due.clear()
+                control(self)
             for fd, _ev in epoll_poll(timeout):
                 d = by_fd.get(fd)
                 if d is not None:
@@ -784,12 +1026,32 @@ def tune_process(*, rt_priority: int = 0, cpu: int | None = None, freeze_gc: boo
     return failed
 
 
+def apply_control_file(engine: "DelayEngine", path: str | os.PathLike) -> None:
+    """Apply a control request ``{"seq": N, "pace": [{"link", "vid", "pace_bps"}, ...]}`` and
+    acknowledge it in ``<path>.ack`` as ``{"seq": N, "error": null | "..."}``."""
+    path = Path(path)
+    seq, error = None, None
+    try:
+        request = json.loads(path.read_text())
+        seq = request.get("seq")
+        for item in request.get("pace", []):
+            engine.set_pace(item["link"], item.get("vid"), item.get("pace_bps"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, TwinError) as exc:
+        error = f"{path}: {exc}"
+    tmp = Path(f"{path}.ack.tmp")
+    tmp.write_text(json.dumps({"seq": seq, "error": error}))
+    tmp.replace(f"{path}.ack")
+
+
 def run_engine(links: Sequence[LinkSpec], stop: threading.Event, *, spin_us: float = DEFAULT_SPIN_US,
-               prepare: bool = True, on_ready: Callable[[], None] | None = None) -> dict:
+               prepare: bool = True, on_ready: Callable[[], None] | None = None,
+               control_file: str | os.PathLike | None = None,
+               control_due: threading.Event | None = None) -> dict:
     """Run the engine in this thread until ``stop`` is set; return per-link stats.
 
     ``on_ready`` is called once every socket is bound. Process-wide tuning
-    (priority, GC) is left to the caller: see :func:`tune_process`.
+    (priority, GC) is left to the caller: see :func:`tune_process`. Each time
+    ``control_due`` is set, ``control_file`` is applied (:func:`apply_control_file`).
 
     Raises:
         DelayEngineError: invalid links, missing tools, missing interfaces or privileges.
@@ -798,7 +1060,8 @@ def run_engine(links: Sequence[LinkSpec], stop: threading.Event, *, spin_us: flo
     try:
         if on_ready is not None:
             on_ready()
-        engine.run(stop)
+        control = (lambda eng: apply_control_file(eng, control_file)) if control_file else None
+        engine.run(stop, control, control_due if control_file else None)
         return engine.stats()
     finally:
         engine.close()
@@ -837,6 +1100,8 @@ class DelayEngineProcess:
         self.ready_path = self.workdir / "delay-engine.ready"
         self.stats_path = self.workdir / "delay-engine-stats.json"
         self.stderr_path = self.workdir / "delay-engine.stderr"
+        self.control_path = self.workdir / "delay-engine-control.json"
+        self._control_seq = 0
 
     @property
     def pid(self) -> int | None:
@@ -861,7 +1126,7 @@ class DelayEngineProcess:
         self.config_path.write_text(json.dumps([dataclasses.asdict(link) for link in self.links], indent=1))
         args = [*self.exec_prefix, self.python, "-m", "twin.emulation.delay_engine", "--config", str(self.config_path),
                 "--ready-file", str(self.ready_path), "--stats-file", str(self.stats_path),
-                "--spin-us", str(self.spin_us)]
+                "--control-file", str(self.control_path), "--spin-us", str(self.spin_us)]
         if not self.prepare:
             args.append("--no-prepare")
         if self.rt_priority:
@@ -881,6 +1146,35 @@ class DelayEngineProcess:
                                        f"{self._stderr_tail() or '(no stderr)'}")
             time.sleep(0.01)
         return self
+
+    def set_pace(self, changes: Sequence[tuple[str, int | None, float | None]], timeout_s: float = 5.0) -> None:
+        """Re-shape channels of the running engine: (link name, vid, pace_bps or None) each.
+
+        Raises:
+            DelayEngineError: the engine is not running, refused a change, or did not answer.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            raise DelayEngineError("the delay engine is not running")
+        self._control_seq += 1
+        seq = self._control_seq
+        tmp = Path(f"{self.control_path}.tmp")
+        tmp.write_text(json.dumps({"seq": seq, "pace": [{"link": link, "vid": vid, "pace_bps": bps}
+                                                         for link, vid, bps in changes]}))
+        tmp.replace(self.control_path)
+        ack = Path(f"{self.control_path}.ack")
+        self.proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                answer = json.loads(ack.read_text())
+            except (OSError, ValueError):
+                answer = None
+            if answer and answer.get("seq") == seq:
+                if answer.get("error"):
+                    raise DelayEngineError(f"delay engine refused the change: {answer['error']}")
+                return
+            time.sleep(0.005)
+        raise DelayEngineError(f"delay engine did not apply the change within {timeout_s:g} s")
 
     def stop(self, timeout_s: float = 5.0) -> dict | None:
         """SIGTERM the engine by PID, wait, and load its stats (None if it wrote none)."""
@@ -916,6 +1210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="JSON list of link specs (fields of LinkSpec)")
     parser.add_argument("--ready-file", help="written once every socket is bound")
     parser.add_argument("--stats-file", help="per-link stats written here on exit (JSON)")
+    parser.add_argument("--control-file", help="on SIGUSR1, apply this JSON request (see apply_control_file)")
     parser.add_argument("--spin-us", type=float, default=DEFAULT_SPIN_US,
                         help="busy-wait this long before each departure (default %(default)s)")
     parser.add_argument("--no-prepare", action="store_true", help="do not touch offloads/IPv6/link state")
@@ -932,6 +1227,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    control_due = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda _s, _f: control_due.set())
 
     def on_ready() -> None:
         if args.ready_file:
@@ -943,7 +1240,8 @@ def main(argv: list[str] | None = None) -> int:
         links = load_links(args.config)
         for problem in tune_process(rt_priority=args.rt_priority, cpu=args.cpu):
             log.warning("tuning not applied: %s", problem)
-        stats = run_engine(links, stop, spin_us=args.spin_us, prepare=not args.no_prepare, on_ready=on_ready)
+        stats = run_engine(links, stop, spin_us=args.spin_us, prepare=not args.no_prepare, on_ready=on_ready,
+                           control_file=args.control_file, control_due=control_due)
     except TwinError as exc:
         if args.debug:
             raise
