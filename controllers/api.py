@@ -138,6 +138,19 @@ def _route(state: ControllerState, method: str, path: str, body: bytes) -> Respo
             if not isinstance(force, bool):
                 raise BadRequest("force must be true or false")
             return Response(200, state.set_service_site(vip, data["site"], force=force))
+        case ["services", vip, "drained"]:
+            allow("POST")
+            data = _json_body(body)
+            _only(data, {"site"})
+            if "site" not in data:
+                raise BadRequest("missing key 'site'; send {\"site\": DRAINING_SITE}")
+            return Response(200, state.service_drained(vip, data["site"]))
+        case ["spans", a, b, ("cut" | "repair") as action]:
+            allow("POST")
+            _only(_json_body(body), set())
+            if action == "cut":
+                return Response(200, state.cut_span(a, b))
+            return Response(200, state.repair_span(a, b))
         case ["flows"]:
             allow("GET")
             with state.lock:

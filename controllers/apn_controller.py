@@ -33,14 +33,14 @@ try:  # os-ken (maintained fork) first, Ryu where it still installs
     from os_ken.controller import ofp_event
     from os_ken.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
     from os_ken.lib import hub
-    from os_ken.ofproto import ofproto_v1_4
+    from os_ken.ofproto import nicira_ext, ofproto_v1_4
     BaseApp = app_manager.OSKenApp
 except ImportError:  # pragma: no cover - exercised only where Ryu is installed
     from ryu.base import app_manager
     from ryu.controller import ofp_event
     from ryu.controller.handler import CONFIG_DISPATCHER, DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
     from ryu.lib import hub
-    from ryu.ofproto import ofproto_v1_4
+    from ryu.ofproto import nicira_ext, ofproto_v1_4
     BaseApp = app_manager.RyuApp
 
 from controllers import api
@@ -252,6 +252,8 @@ class APNController(BaseApp):
                 actions.append(parser.OFPActionOutput(int(value)))
             elif name == "set_eth_dst":
                 actions.append(parser.OFPActionSetField(eth_dst=value))
+            elif name in ("ct_recirc", "ct_track", "ct_commit"):
+                actions.append(_ct_action(parser, name, value))
             else:
                 raise ValueError(f"unknown action {name!r} in {spec}")
         # An empty instruction list drops (the table-miss rule).
@@ -259,6 +261,22 @@ class APNController(BaseApp):
         return parser.OFPFlowMod(dp, cookie=spec.cookie, table_id=spec.table, command=command,
                                  priority=spec.priority, out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY,
                                  match=parser.OFPMatch(**match), instructions=instructions)
+
+
+def _ct_action(parser, name: str, value):
+    """Nicira ct() action: ct_recirc (zone, table), ct_track zone, ct_commit (zone, mark)."""
+    # An empty zone_src means zone_ofs_nbits carries the zone itself (an immediate).
+    if name == "ct_recirc":
+        zone, table = value
+        return parser.NXActionCT(flags=0, zone_src="", zone_ofs_nbits=int(zone), recirc_table=int(table),
+                                 alg=0, actions=[])
+    if name == "ct_track":
+        return parser.NXActionCT(flags=0, zone_src="", zone_ofs_nbits=int(value),
+                                 recirc_table=nicira_ext.NX_CT_RECIRC_NONE, alg=0, actions=[])
+    zone, mark = value
+    return parser.NXActionCT(flags=nicira_ext.NX_CT_F_COMMIT, zone_src="", zone_ofs_nbits=int(zone),
+                             recirc_table=nicira_ext.NX_CT_RECIRC_NONE, alg=0,
+                             actions=[parser.OFPActionSetField(ct_mark=int(mark))])
 
 
 def _handler_for(state: ControllerState) -> type[BaseHTTPRequestHandler]:

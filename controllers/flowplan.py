@@ -16,9 +16,10 @@ priority match                                               actions
 100      ip, nw_dst = each local host's APN and packet IP    set eth_dst host MAC, output host port
 100      ip, nw_dst = 10.2.j.0/24 (j != i)                   output packet port of the next hop (by delay)
 200      ip, nw_dst = 10.1.j.0/24, at each END of a lightpath output the lightpath's wavelength port
-250      ip, nw_dst = VIP                                    hosting site: set eth_dst compute MAC, output
-                                                             compute port; a site with a lightpath to the
-                                                             hosting site: output that lightpath's port
+250      ip, nw_dst = VIP (at a home: host or draining site) set eth_dst compute MAC, output compute port
+250      ip, nw_src = VIP, nw_dst = a local host's APN IP    ct(zone) (replies seen by conntrack), deliver
+260      in_port = local host port, ip, nw_dst = VIP         ct(zone, table=1): connection affinity, see
+                                                             :func:`vip_flows` (table 1: ct_mark -> site)
 300      in_port = wavelength w port (TRANSIT of a lightpath) output wavelength w port to the next site
 ======== =================================================== ============================================
 
@@ -71,8 +72,11 @@ class FlowSpec:
     """One flow entry. ``match`` is a sorted tuple of (OXM field, value) pairs.
 
     Field names are os-ken's OFPMatch keywords (``in_port``, ``eth_type``,
-    ``ipv4_dst``); an IPv4 prefix is written ``"10.1.2.0/24"``. Actions are
-    ``("set_eth_dst", mac)`` and ``("output", port)``; an empty tuple drops.
+    ``ipv4_dst``); an IPv4 prefix is written ``"10.1.2.0/24"``; ``ct_state`` is a
+    (value, mask) pair. Actions are ``("set_eth_dst", mac)``, ``("output", port)``,
+    ``("ct_recirc", (zone, table))`` (through conntrack, then on in ``table``),
+    ``("ct_track", zone)`` (through conntrack, carry on) and ``("ct_commit", (zone,
+    mark))`` (commit the connection with ``ct_mark = mark``); an empty tuple drops.
     """
 
     table: int
@@ -135,11 +139,14 @@ def packet_next_hops(network: OpticalNetwork) -> dict[str, dict[str, str]]:
 
 
 def desired_flows(portmap: PortMap, network: OpticalNetwork, lightpaths: Iterable[Lightpath],
-                  vip_sites: Mapping[str, str]) -> dict[str, frozenset[FlowSpec]]:
+                  vip_sites: Mapping[str, str],
+                  vip_draining: Mapping[str, Iterable[str]] | None = None) -> dict[str, frozenset[FlowSpec]]:
     """The complete flow table every switch should hold for this controller state.
 
     ``lightpaths`` in creation order (the oldest of a pair carries its traffic);
-    ``vip_sites`` maps a service VIP to the site hosting it.
+    ``vip_sites`` maps a service VIP to the site hosting it (new connections go
+    there); ``vip_draining`` maps a VIP to sites that still serve the
+    connections they already have (see :func:`vip_flows`).
     """
     lightpaths = list(lightpaths)
     flows: dict[str, set[FlowSpec]] = {site: set() for site in portmap.switches}
@@ -174,14 +181,8 @@ def desired_flows(portmap: PortMap, network: OpticalNetwork, lightpaths: Iterabl
             flows[here].add(flow(PRIO_ADD_DROP, KIND_ADD_DROP, _ip(prefix),
                                  (("output", end_port(portmap, lightpath, here)),)))
 
-    for vip, host_site in vip_sites.items():
-        compute = next(p for p in portmap.switches[host_site].host_ports() if p.role == ad.COMPUTE)
-        flows[host_site].add(flow(PRIO_VIP, KIND_VIP, _ip(vip),
-                                  (("set_eth_dst", compute.mac), ("output", compute.number))))
-        for site in portmap.switches:
-            lightpath = carrier.get(span_key(site, host_site))
-            if site != host_site and lightpath is not None:
-                flows[site].add(flow(PRIO_VIP, KIND_VIP, _ip(vip), (("output", end_port(portmap, lightpath, site)),)))
+    for site, table in flows.items():
+        table.update(vip_flows(portmap, carrier, site, vip_sites, vip_draining or {}))
 
     return {site: frozenset(table) for site, table in flows.items()}
 
@@ -216,3 +217,95 @@ def describe(spec: FlowSpec) -> dict:
     """JSON-friendly form of a flow (for the API and logs)."""
     return {"table": spec.table, "priority": spec.priority, "match": dict(spec.match),
             "actions": [list(a) for a in spec.actions], "cookie": hex(spec.cookie)}
+
+
+# -- service steering with connection affinity ------------------------------------------------------
+#
+# A VIP's traffic enters the APN at the switch of the client's own site. There it goes
+# through Open vSwitch's connection tracker (zone CT_ZONE) and on to table TABLE_STEER:
+# a connection the tracker has not seen before is committed with ct_mark = index of the
+# site hosting the service at that moment and sent there; every later packet of it goes
+# to the site in its mark for as long as that site is a home of the service (the hosting
+# site or a draining one). Replies to the client pass through the same zone so the TCP
+# state machine sees both directions. A site that stops being a home loses its rules;
+# connections still marked for it then fall to the commit rule and move to the host.
+
+TABLE_STEER = 1
+CT_ZONE = 0x7477                 # "tw": our conntrack zone, separate from anyone else's
+CT_TRACKED = 0x20                # ct_state bit +trk (nicira_ext: NX_CT_STATE_TRK)
+KIND_VIP_ENTRY, KIND_VIP_REPLY, KIND_VIP_STEER, KIND_STEER_MISS = 7, 8, 9, 10
+PRIO_VIP_ENTRY = 260             # above PRIO_VIP: a local client's packets are tracked first
+PRIO_VIP_REPLY = 250
+PRIO_STEER_AFFINITY = 20         # table TABLE_STEER: a committed connection keeps its site
+PRIO_STEER_NEW = 10              # table TABLE_STEER: anything else is committed to the host
+
+
+def steer_flow(priority: int, kind: int, match: Mapping[str, object], actions: Iterable[Action] = ()) -> FlowSpec:
+    return FlowSpec(TABLE_STEER, priority, tuple(sorted(match.items())), tuple(actions), COOKIE_APP | kind)
+
+
+def vip_homes(vip: str, vip_sites: Mapping[str, str], vip_draining: Mapping[str, Iterable[str]]) -> list[str]:
+    """Sites that still serve a VIP: the host (new connections) first, then the draining ones, sorted."""
+    host = vip_sites[vip]
+    return [host] + sorted(set(vip_draining.get(vip, ())) - {host})
+
+
+def _compute_port(portmap: PortMap, site: str):
+    return next(p for p in portmap.switches[site].host_ports() if p.role == ad.COMPUTE)
+
+
+def _towards(portmap: PortMap, carrier: Mapping[tuple[str, str], Lightpath], site: str,
+             home: str) -> tuple[Action, ...] | None:
+    """Actions at ``site`` that deliver a VIP packet to ``home``'s compute host (None: no way there)."""
+    if home == site:
+        compute = _compute_port(portmap, site)
+        return (("set_eth_dst", compute.mac), ("output", compute.number))
+    lightpath = carrier.get(span_key(site, home))
+    if lightpath is None:
+        return None
+    return (("output", end_port(portmap, lightpath, site)),)
+
+
+def vip_flows(portmap: PortMap, carrier: Mapping[tuple[str, str], Lightpath], site: str,
+              vip_sites: Mapping[str, str], vip_draining: Mapping[str, Iterable[str]]) -> set[FlowSpec]:
+    """Every service-steering flow of one switch (tables TABLE and TABLE_STEER).
+
+    Per VIP: at each home (host or draining) site, packets arriving for the VIP
+    go to the compute host. At every site that can reach a home, packets from
+    its own hosts enter conntrack; in TABLE_STEER a connection marked for a home
+    still reachable from here goes there, anything else is committed with the
+    host's index and sent to the host; replies to the site's hosts pass conntrack
+    on their way out. Without a draining site this is exactly the set the
+    service would have had if it had always been at its host.
+    """
+    sw = portmap.switches[site]
+    index = {s: other.index for s, other in portmap.switches.items()}
+    table: set[FlowSpec] = {steer_flow(PRIO_MISS, KIND_STEER_MISS, {})}
+    for vip in vip_sites:
+        homes = vip_homes(vip, vip_sites, vip_draining)
+        host = homes[0]
+        if site in homes:
+            compute = _compute_port(portmap, site)
+            table.add(flow(PRIO_VIP, KIND_VIP, _ip(vip), (("set_eth_dst", compute.mac), ("output", compute.number))))
+        steer: set[FlowSpec] = set()
+        for home in homes:
+            actions = _towards(portmap, carrier, site, home)
+            if actions is None:
+                continue
+            tracked = {**_ip(vip), "ct_state": (CT_TRACKED, CT_TRACKED)}
+            steer.add(steer_flow(PRIO_STEER_AFFINITY, KIND_VIP_STEER, {**tracked, "ct_mark": index[home]}, actions))
+            if home == host:
+                steer.add(steer_flow(PRIO_STEER_NEW, KIND_VIP_STEER, tracked,
+                                     (("ct_commit", (CT_ZONE, index[host])),) + actions))
+        if not steer:
+            continue   # no home reachable from here: no route (layer-1 faithful)
+        table |= steer
+        for port in sw.host_ports():
+            table.add(flow(PRIO_VIP_ENTRY, KIND_VIP_ENTRY, {**_ip(vip), "in_port": port.number},
+                           (("ct_recirc", (CT_ZONE, TABLE_STEER)),)))
+            for ip in port.ips:
+                if ad.plane_of(ip) == ad.APN_PLANE:
+                    table.add(flow(PRIO_VIP_REPLY, KIND_VIP_REPLY, {"eth_type": ETH_TYPE_IPV4, "ipv4_src": vip,
+                                                                    "ipv4_dst": ip},
+                                   (("ct_track", CT_ZONE), ("set_eth_dst", port.mac), ("output", port.number))))
+    return table

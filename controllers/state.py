@@ -16,12 +16,14 @@ import ipaddress
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from controllers.flowplan import FlowDiff, FlowSpec, desired_flows, diff
 from twin.errors import NoPathError, TwinError
-from twin.model.optics import OpticalNetwork
+from twin.model.optics import OpticalNetwork, span_key
 from twin.model.portmap import PortMap
 from twin.model.rwa import Blocked, Lightpath, Occupancy, assign
 
@@ -69,6 +71,48 @@ class FlowPusher(Protocol):
     def replace(self, site: str, flows: frozenset[FlowSpec]) -> bool: ...
 
 
+@dataclass(frozen=True)
+class RestorationPlan:
+    """What a span cut does to the lightpaths: the new list, who moved, who could not."""
+
+    lightpaths: list[Lightpath]                     # creation order kept; restored in place, blocked gone
+    restored: list[tuple[Lightpath, Lightpath]]     # (before the cut, after)
+    blocked: list[tuple[Lightpath, str]]            # (before the cut, why no route is left)
+
+    @property
+    def transit_sites(self) -> list[str]:
+        """Transit sites of the new routes: their cross-connects go in before the ends switch over."""
+        sites: list[str] = []
+        for _, new in self.restored:
+            sites += [s for s in new.route.sites[1:-1] if s not in sites]
+        return sites
+
+
+def plan_restoration(occupancy: Occupancy, lightpaths: list[Lightpath], span: tuple[str, str]) -> RestorationPlan:
+    """Re-route every lightpath crossing the cut ``span`` with the model's RWA; updates ``occupancy``.
+
+    The span must already be marked down in ``occupancy.network``. All hit
+    lightpaths are released first (their light is gone; their wavelengths on
+    the surviving spans are free for the new routes), then re-assigned in
+    creation order under the same id and the same direction. A lightpath for
+    which no route and wavelength is left is reported blocked and stays released.
+    """
+    span = span_key(*span)
+    hit = [lp for lp in lightpaths if span in lp.route.spans]
+    for lp in hit:
+        occupancy.release(lp.id)
+    new: dict[str, Lightpath] = {}
+    blocked = []
+    for lp in hit:
+        try:
+            new[lp.id] = assign(occupancy, lp.src, lp.dst, lightpath_id=lp.id)
+        except (Blocked, NoPathError) as err:
+            blocked.append((lp, str(err)))
+    gone = {lp.id for lp, _ in blocked}
+    return RestorationPlan([new.get(lp.id, lp) for lp in lightpaths if lp.id not in gone],
+                           [(lp, new[lp.id]) for lp in hit if lp.id in new], blocked)
+
+
 class ControllerState:
     """Lightpaths, occupancy and VIPs of one controller; thread-safe (one lock)."""
 
@@ -82,7 +126,8 @@ class ControllerState:
         self.pusher = pusher
         self.occupancy = Occupancy(network)
         self.lightpaths: list[Lightpath] = []   # creation order: the oldest of a pair carries traffic
-        self.vip_sites: dict[str, str] = {}
+        self.vip_sites: dict[str, str] = {}            # VIP -> site new connections go to
+        self.vip_draining: dict[str, set[str]] = {}    # VIP -> sites still serving their old connections
         # What each switch holds as far as we know; None = unknown (not connected
         # since start, or disconnected): such a switch is replaced whole on connect.
         self.installed: dict[str, frozenset[FlowSpec] | None] = {s: None for s in portmap.switches}
@@ -96,7 +141,7 @@ class ControllerState:
         return list(self.portmap.switches)
 
     def desired(self) -> dict[str, frozenset[FlowSpec]]:
-        return desired_flows(self.portmap, self.network, self.lightpaths, self.vip_sites)
+        return desired_flows(self.portmap, self.network, self.lightpaths, self.vip_sites, self.vip_draining)
 
     def get_lightpath(self, lightpath_id: str) -> Lightpath:
         with self.lock:
@@ -191,13 +236,16 @@ class ControllerState:
 
     # -- services --------------------------------------------------------------------------
     def set_service_site(self, vip: object, site: object, *, force: bool = False) -> dict:
-        """Point a service VIP at the site hosting it, make-before-break.
+        """Point a service VIP's NEW connections at ``site``, make-before-break.
 
-        The new site's rule goes in first, the other sites follow, the old
-        site's rule goes last, and every new rule is in before any old one is
-        deleted. Moving is refused while a site that reaches the service now
-        would lose it (no lightpath to the new site): set those up first, or
-        pass ``force``.
+        Connections open now keep going to the site they started at: the old
+        site becomes "draining" and keeps its rules until :meth:`service_drained`
+        says it has finished (connection affinity, see
+        :func:`controllers.flowplan.vip_flows`). The new site's rules go in
+        first, then the other sites'; no rule is deleted before every new one is
+        in. Moving is refused while a site that reaches the service now would
+        lose it (no lightpath to the new site): set those up first, or pass
+        ``force``.
 
         Raises:
             BadRequest: not a VIP (10.3.0.0/24) or unknown site.
@@ -215,7 +263,10 @@ class ControllerState:
                 if lost:
                     raise Conflict(f"moving {vip} from {old} to {site} would cut off site(s) {', '.join(lost)}: "
                                    f"no lightpath to {site}; create those lightpaths first")
+            draining_before = set(self.vip_draining.get(vip, ()))
             self.vip_sites[vip] = site
+            draining = (draining_before | ({old} if old else set())) - {site}
+            self._set_draining(vip, draining)
             try:
                 self._converge(first=[site], last=[old] if old else ())
             except PushError as err:
@@ -223,10 +274,48 @@ class ControllerState:
                     del self.vip_sites[vip]
                 else:
                     self.vip_sites[vip] = old
+                self._set_draining(vip, draining_before)
                 self._converge_best_effort()
                 raise Unavailable(f"service {vip} not moved: {err}") from None
-            LOG.info("service %s now at %s (was %s)", vip, site, old)
+            LOG.info("service %s: new connections to %s (was %s); draining %s", vip, site, old,
+                     ", ".join(sorted(draining)) or "none")
             return self._service(vip)
+
+    def service_drained(self, vip: object, site: object) -> dict:
+        """The service at a draining ``site`` has no connections left: remove its rules.
+
+        Connections still marked for it (if any) then go to the hosting site.
+
+        Raises:
+            BadRequest: not a VIP or unknown site.
+            NotFound: no such service.
+            Conflict: ``site`` is not draining (e.g. it is where new connections go).
+            Unavailable: a switch rejected the change; the site stays draining.
+        """
+        vip = self._vip(vip)
+        site = self._site(site, "site")
+        with self.lock:
+            if vip not in self.vip_sites:
+                raise NotFound(f"no service VIP {vip}; GET /services lists them")
+            draining = set(self.vip_draining.get(vip, ()))
+            if site not in draining:
+                what = "hosts it (new connections go there)" if site == self.vip_sites[vip] else "is not draining"
+                raise Conflict(f"site {site} {what} for {vip}; draining: {', '.join(sorted(draining)) or 'none'}")
+            self._set_draining(vip, draining - {site})
+            try:
+                self._converge(last=[site])
+            except PushError as err:
+                self._set_draining(vip, draining)
+                self._converge_best_effort()
+                raise Unavailable(f"service {vip} at {site} not released: {err}") from None
+            LOG.info("service %s: %s drained", vip, site)
+            return self._service(vip)
+
+    def _set_draining(self, vip: str, sites: set[str]) -> None:
+        if sites:
+            self.vip_draining[vip] = set(sites)
+        else:
+            self.vip_draining.pop(vip, None)
 
     def delete_service(self, vip: object) -> None:
         vip = self._vip(vip)
@@ -234,10 +323,12 @@ class ControllerState:
             if vip not in self.vip_sites:
                 raise NotFound(f"no service VIP {vip}; GET /services lists them")
             site = self.vip_sites.pop(vip)
+            draining = self.vip_draining.pop(vip, set())
             try:
-                self._converge(last=[site])
+                self._converge(last=[site, *sorted(draining)])
             except PushError as err:
                 self.vip_sites[vip] = site
+                self._set_draining(vip, draining)
                 self._converge_best_effort()
                 raise Unavailable(f"service {vip} not removed: {err}") from None
 
@@ -246,7 +337,8 @@ class ControllerState:
             return {vip: self._service(vip) for vip in sorted(self.vip_sites, key=ipaddress.ip_address)}
 
     def _service(self, vip: str) -> dict:
-        return {"vip": vip, "site": self.vip_sites[vip], "reachable_from": self._reach(vip)}
+        return {"vip": vip, "site": self.vip_sites[vip], "draining": sorted(self.vip_draining.get(vip, ())),
+                "reachable_from": self._reach(vip)}
 
     def _reach(self, vip: str, site: str | None = None) -> list[str]:
         """Sites whose users reach the VIP when it is hosted at ``site`` (default: where it is now)."""
@@ -255,6 +347,79 @@ class ControllerState:
             return []
         ends = {frozenset((lp.src, lp.dst)) for lp in self.lightpaths}
         return [s for s in self.sites if s == host or frozenset((s, host)) in ends]
+
+    # -- fibre cuts --------------------------------------------------------------------------
+    def cut_span(self, a: object, b: object) -> dict:
+        """A span is cut: mark it down and restore every lightpath that crossed it, make-before-break.
+
+        New routes come from the model's RWA (:func:`plan_restoration`); their
+        cross-connects go in first, then the ends switch over, then the dead
+        rules go. The packet network re-routes around the span in the same
+        change. Per lightpath the answer gives ``restored_ms`` (from this call
+        to every switch having committed) or ``blocked`` with the reason.
+
+        Raises:
+            BadRequest: unknown site. NotFound: no such span. Conflict: already cut.
+            Unavailable: a switch rejected the change; the span stays marked cut,
+                the lightpaths keep their old (dead) routes.
+        """
+        t0 = time.monotonic()
+        span = self._span(a, b)
+        with self.lock:
+            if span in self.network.down:
+                raise Conflict(f"span {span[0]}-{span[1]} is already cut; POST /spans/{span[0]}/{span[1]}/repair first")
+            self.network.set_span_down(*span)
+            before = (list(self.lightpaths), dict(self.occupancy.holder), dict(self.occupancy.lightpaths))
+            plan = plan_restoration(self.occupancy, self.lightpaths, span)
+            self.lightpaths = plan.lightpaths
+            try:
+                self._converge(first=plan.transit_sites)
+            except PushError as err:
+                self.lightpaths = before[0]
+                self.occupancy.holder, self.occupancy.lightpaths = before[1], before[2]
+                self._converge_best_effort()
+                raise Unavailable(f"span {span[0]}-{span[1]} marked cut but lightpaths not restored: {err}") from None
+            done_ms = round((time.monotonic() - t0) * 1e3, 3)
+            report = [{"id": new.id, "old_route": list(old.route.sites), "route": list(new.route.sites),
+                       "wavelength": new.wavelength, "one_way_ms": round(new.route.one_way_s * 1e3, 4),
+                       "restored_ms": done_ms} for old, new in plan.restored]
+            report += [{"id": old.id, "old_route": list(old.route.sites), "blocked": why}
+                       for old, why in plan.blocked]
+            LOG.warning("span %s-%s cut: %d lightpath(s) restored in %.1f ms, %d blocked", *span,
+                        len(plan.restored), done_ms, len(plan.blocked))
+            return {"span": f"{span[0]}-{span[1]}", "down": True, "lightpaths": report, "converge_ms": done_ms}
+
+    def repair_span(self, a: object, b: object) -> dict:
+        """The span works again: new lightpaths and the packet network may use it.
+
+        Restored lightpaths stay on their new routes (non-revertive, so a repair
+        never interrupts traffic).
+
+        Raises:
+            BadRequest: unknown site. NotFound: no such span. Conflict: not cut.
+            Unavailable: a switch rejected the change; the span stays down.
+        """
+        span = self._span(a, b)
+        with self.lock:
+            if span not in self.network.down:
+                raise Conflict(f"span {span[0]}-{span[1]} is not cut")
+            self.network.set_span_down(*span, False)
+            try:
+                self._converge()
+            except PushError as err:
+                self.network.set_span_down(*span)
+                self._converge_best_effort()
+                raise Unavailable(f"span {span[0]}-{span[1]} not repaired: {err}") from None
+            LOG.info("span %s-%s repaired", *span)
+            return {"span": f"{span[0]}-{span[1]}", "down": False}
+
+    def _span(self, a: object, b: object) -> tuple[str, str]:
+        a, b = self._site(a, "a"), self._site(b, "b")
+        try:
+            self.network.span(a, b)
+        except TwinError:
+            raise NotFound(f"no span between {a} and {b}; GET /topology lists the spans") from None
+        return span_key(a, b)
 
     # -- switches --------------------------------------------------------------------------
     def switch_up(self, site: str) -> None:

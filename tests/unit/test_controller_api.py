@@ -112,7 +112,7 @@ def test_health_and_topology(state):
 def test_services_put_get_delete(state):
     call(state, "POST", "/lightpaths", {"src": "a", "dst": "c"})
     status, body = call(state, "PUT", "/services/10.3.0.1", {"site": "c"})
-    assert status == 200 and body == {"vip": "10.3.0.1", "site": "c", "reachable_from": ["a", "c"]}
+    assert status == 200 and body == {"vip": "10.3.0.1", "site": "c", "draining": [], "reachable_from": ["a", "c"]}
     assert call(state, "GET", "/services")[1] == {"10.3.0.1": body}
     status, body = call(state, "PUT", "/services/10.3.0.1", {"site": "b"})
     assert status == 409 and "cut off" in body["error"]
@@ -135,3 +135,36 @@ def test_unknown_path_404_and_wrong_method_405(state):
     assert status == 404 and "error" in body
     status, body = call(state, "PATCH", "/lightpaths")
     assert status == 405 and "GET, POST" in body["error"]
+
+
+def test_repoint_then_drained(state):
+    for pair in (("a", "b"), ("a", "c"), ("b", "c")):
+        call(state, "POST", "/lightpaths", {"src": pair[0], "dst": pair[1]})
+    call(state, "PUT", "/services/10.3.0.1", {"site": "c"})
+    status, body = call(state, "PUT", "/services/10.3.0.1", {"site": "b"})
+    assert status == 200 and body["site"] == "b" and body["draining"] == ["c"]
+    status, body = call(state, "POST", "/services/10.3.0.1/drained", {"site": "b"})
+    assert status == 409 and "hosts it" in body["error"]
+    assert call(state, "POST", "/services/10.3.0.1/drained", {})[0] == 400
+    assert call(state, "POST", "/services/10.3.0.1/drained", {"site": "c", "now": True})[0] == 400
+    assert call(state, "GET", "/services/10.3.0.1/drained")[0] == 405
+    assert call(state, "POST", "/services/10.3.0.7/drained", {"site": "c"})[0] == 404
+    status, body = call(state, "POST", "/services/10.3.0.1/drained", {"site": "c"})
+    assert status == 200 and body == {"vip": "10.3.0.1", "site": "b", "draining": [],
+                                      "reachable_from": ["a", "b", "c"]}
+
+
+def test_span_cut_and_repair(state):
+    call(state, "POST", "/lightpaths", {"src": "a", "dst": "c", "id": "ac"})
+    status, body = call(state, "POST", "/spans/c/a/cut")
+    assert status == 200 and body["span"] == "a-c" and body["down"] is True
+    [entry] = body["lightpaths"]
+    assert entry["id"] == "ac" and entry["route"] == ["a", "b", "c"] and entry["restored_ms"] >= 0
+    assert call(state, "GET", "/lightpaths/ac")[1]["route"] == ["a", "b", "c"]
+    assert next(s for s in call(state, "GET", "/topology")[1]["spans"] if (s["a"], s["b"]) == ("a", "c"))["down"]
+    assert call(state, "POST", "/spans/a/c/cut")[0] == 409
+    assert call(state, "POST", "/spans/a/zz/cut")[0] == 400
+    assert call(state, "POST", "/spans/a/c/cut", {"x": 1})[0] == 400
+    assert call(state, "GET", "/spans/a/c/cut")[0] == 405
+    assert call(state, "POST", "/spans/a/c/repair") == (200, {"span": "a-c", "down": False})
+    assert call(state, "POST", "/spans/a/c/repair")[0] == 409

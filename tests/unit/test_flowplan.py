@@ -153,18 +153,120 @@ def test_delete_leaves_exactly_the_flows_of_the_remaining_state(state, topology)
 
 # -- services ------------------------------------------------------------------------------------
 
+def steer(flows, vip, priority=None):
+    """The TABLE_STEER flows of one VIP (optionally of one priority)."""
+    return {f for f in flows if f.table == fp.TABLE_STEER and dict(f.match).get("ipv4_dst") == vip
+            and (priority is None or f.priority == priority)}
+
+
 def test_vip_delivered_locally_at_host_and_over_lightpath_elsewhere(state):
     lp = state.create_lightpath("a", "c")
     state.set_service_site("10.3.0.1", "c")
     flows = state.desired()
-    [at_host] = ip_rule(flows["c"], "10.3.0.1")
     compute = state.portmap.switches["c"].ports[0]
-    assert at_host.actions == (("set_eth_dst", compute.mac), ("output", compute.number))
-    assert at_host.priority == fp.PRIO_VIP
-    [at_a] = ip_rule(flows["a"], "10.3.0.1")
-    assert at_a.output_port() == port(state, "a", "c", lp.wavelength)
-    assert ip_rule(flows["b"], "10.3.0.1") == []       # no lightpath b-c: no reach
+    to_compute = (("set_eth_dst", compute.mac), ("output", compute.number))
+    # At the host, packets arriving for the VIP go to the compute host.
+    [at_host] = [f for f in ip_rule(flows["c"], "10.3.0.1") if f.priority == fp.PRIO_VIP]
+    assert at_host.actions == to_compute and "in_port" not in dict(at_host.match)
+    # At a, new connections are committed with c's index and sent into the lightpath.
+    [new] = steer(flows["a"], "10.3.0.1", fp.PRIO_STEER_NEW)
+    into_lp = ("output", port(state, "a", "c", lp.wavelength))
+    assert new.actions == (("ct_commit", (fp.CT_ZONE, 3)), into_lp)
+    [kept] = steer(flows["a"], "10.3.0.1", fp.PRIO_STEER_AFFINITY)
+    assert dict(kept.match)["ct_mark"] == 3 and kept.actions == (into_lp,)
+    # Local clients at c are tracked too and delivered locally.
+    [new_c] = steer(flows["c"], "10.3.0.1", fp.PRIO_STEER_NEW)
+    assert new_c.actions == (("ct_commit", (fp.CT_ZONE, 3)),) + to_compute
+    assert ip_rule(flows["b"], "10.3.0.1") == [] and not steer(flows["b"], "10.3.0.1")  # no lightpath b-c
     assert state.services()["10.3.0.1"]["reachable_from"] == ["a", "c"]
+    assert_switches_match(state)
+
+
+def test_clients_enter_conntrack_and_replies_pass_it(state):
+    state.create_lightpath("a", "c")
+    state.set_service_site("10.3.0.1", "c")
+    flows = state.desired()["a"]
+    users = next(p for p in state.portmap.switches["a"].host_ports() if p.role == 2)
+    entry = [f for f in flows if f.priority == fp.PRIO_VIP_ENTRY]
+    assert {dict(f.match)["in_port"] for f in entry} == {p.number for p in state.portmap.switches["a"].host_ports()}
+    assert all(f.actions == (("ct_recirc", (fp.CT_ZONE, fp.TABLE_STEER)),) for f in entry)
+    [reply] = [f for f in flows if dict(f.match).get("ipv4_src") == "10.3.0.1"
+               and dict(f.match)["ipv4_dst"] == users.ips[0]]
+    assert reply.actions == (("ct_track", fp.CT_ZONE), ("set_eth_dst", users.mac), ("output", users.number))
+    assert reply.priority > fp.PRIO_LOCAL          # beats plain delivery to the users host
+
+
+def test_repoint_moves_new_connections_and_keeps_old_ones_until_drained(state):
+    for pair in (("a", "b"), ("a", "c"), ("b", "c")):
+        state.create_lightpath(*pair)
+    state.set_service_site("10.3.0.1", "c")
+    always_at_b = desired_flows(state.portmap, state.network, state.lightpaths, {"10.3.0.1": "b"})
+    answer = state.set_service_site("10.3.0.1", "b")
+    assert answer["site"] == "b" and answer["draining"] == ["c"]
+    flows = state.desired()
+    to_b, to_c = ("output", port(state, "a", "b", 0)), ("output", port(state, "a", "c", 0))
+    # New connections from a: committed for b (index 2), sent to b.
+    [new] = steer(flows["a"], "10.3.0.1", fp.PRIO_STEER_NEW)
+    assert new.actions == (("ct_commit", (fp.CT_ZONE, 2)), to_b)
+    # Established ones keep their site: one affinity rule per home.
+    assert {(dict(f.match)["ct_mark"], f.actions) for f in steer(flows["a"], "10.3.0.1", fp.PRIO_STEER_AFFINITY)} \
+        == {(2, (to_b,)), (3, (to_c,))}
+    # Both homes still deliver to their compute host.
+    for home in ("b", "c"):
+        assert [f for f in ip_rule(flows[home], "10.3.0.1") if f.priority == fp.PRIO_VIP]
+    assert_switches_match(state)
+    # Drained: exactly the flows as if the service had always been at b.
+    answer = state.service_drained("10.3.0.1", "c")
+    assert answer["draining"] == []
+    assert state.desired() == always_at_b
+    assert_switches_match(state)
+
+
+def test_repoint_and_drain_never_delete_before_adding(state):
+    for pair in (("a", "b"), ("a", "c"), ("b", "c")):
+        state.create_lightpath(*pair)
+    state.set_service_site("10.3.0.1", "c")
+    state.pusher.log.clear()
+    state.set_service_site("10.3.0.1", "b")
+    changes = [c for _, kind, c in state.pusher.log if kind == "apply"]
+    assert changes and not any(c.deletes for c in changes)     # a re-point only adds or modifies
+    state.pusher.log.clear()
+    state.service_drained("10.3.0.1", "c")
+    changes = [c for _, kind, c in state.pusher.log if kind == "apply"]
+    assert changes and not any(c.adds for c in changes)         # a drain only removes
+    assert_switches_match(state)
+
+
+def test_drain_errors_and_moving_back_to_a_draining_site(state):
+    for pair in (("a", "b"), ("a", "c"), ("b", "c")):
+        state.create_lightpath(*pair)
+    state.set_service_site("10.3.0.1", "c")
+    with pytest.raises(Conflict, match="hosts it"):
+        state.service_drained("10.3.0.1", "c")
+    with pytest.raises(Conflict, match="not draining"):
+        state.service_drained("10.3.0.1", "a")
+    with pytest.raises(NotFound):
+        state.service_drained("10.3.0.2", "c")
+    state.set_service_site("10.3.0.1", "b")
+    state.set_service_site("10.3.0.1", "a")
+    assert state.services()["10.3.0.1"]["draining"] == ["b", "c"]
+    state.set_service_site("10.3.0.1", "c")                   # back to a draining site: it hosts again
+    assert state.services()["10.3.0.1"]["draining"] == ["a", "b"]
+    state.delete_service("10.3.0.1")
+    assert state.vip_draining == {}
+    assert state.desired() == desired_flows(state.portmap, state.network, state.lightpaths, {})
+    assert_switches_match(state)
+
+
+def test_failed_repoint_keeps_old_site_and_draining(state):
+    for pair in (("a", "b"), ("a", "c"), ("b", "c")):
+        state.create_lightpath(*pair)
+    state.set_service_site("10.3.0.1", "c")
+    state.pusher.fail_on = "b"
+    with pytest.raises(Exception, match="not moved"):
+        state.set_service_site("10.3.0.1", "b")
+    state.pusher.fail_on = None
+    assert state.services()["10.3.0.1"]["site"] == "c" and state.services()["10.3.0.1"]["draining"] == []
     assert_switches_match(state)
 
 
