@@ -110,6 +110,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from twin.experiment.report import build_report
+
+    print(build_report(Path(args.run_dir)))
+    return 0
+
+
 def cmd_clean(args: argparse.Namespace) -> int:
     from twin.emulation.records import clean_all
 
@@ -156,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance-us", type=float, default=300.0,
                    help="allowed |median measured - model - emulator overhead| one way, us (default 300)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("report", help="rebuild plots/ and report.html of a run directory")
+    p.add_argument("run_dir", metavar="DIR", help="folder written by twin run")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("clean", help="remove what a killed run left (only the twin's own objects)")
     p.add_argument("--all", action="store_true", help="also runs whose process is still alive")
