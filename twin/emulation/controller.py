@@ -115,10 +115,25 @@ class ControllerClient:
         return self.request("GET", "/services")  # type: ignore[return-value]
 
     def set_service_site(self, vip: str, site: str, *, force: bool = False) -> dict:
+        """Send NEW connections to ``site``; open ones stay where they are (the old site drains).
+
+        Call :meth:`service_drained` once the old site has no connections left.
+        """
         body: dict[str, object] = {"site": site}
         if force:
             body["force"] = True
         return self.request("PUT", f"/services/{vip}", body)  # type: ignore[return-value]
+
+    def service_drained(self, vip: str, site: str) -> dict:
+        """The draining ``site`` has finished: remove its rules for the VIP."""
+        return self.request("POST", f"/services/{vip}/drained", {"site": site})  # type: ignore[return-value]
+
+    def cut_span(self, a: str, b: str) -> dict:
+        """Tell the controller span a-b is cut; returns per lightpath ``restored_ms`` or ``blocked``."""
+        return self.request("POST", f"/spans/{a}/{b}/cut", {})  # type: ignore[return-value]
+
+    def repair_span(self, a: str, b: str) -> dict:
+        return self.request("POST", f"/spans/{a}/{b}/repair", {})  # type: ignore[return-value]
 
     def wait_switches(self, count: int, timeout: float = 30.0) -> dict:
         """Poll /health until ``count`` switches are connected.
