@@ -111,20 +111,26 @@ def feasible_sites(service: Service, topology: Topology,
     region cannot reach at all is not feasible.
     """
     rtt = model_rtt_ms([service], topology, cut_spans)
+    return feasible_from_rtt(service, [s.id for s in topology.sites], rtt, rtt_overrides_ms)
+
+
+def feasible_from_rtt(service: Service, sites: Sequence[str], rtt_ms: Mapping[tuple[str, str], float],
+                      rtt_overrides_ms: Mapping[tuple[str, str], float] | None = None) -> frozenset[str]:
+    """:func:`feasible_sites` on RTTs already known: ``rtt_ms[(region, site)]``, missing = unreachable."""
     overrides = rtt_overrides_ms or {}
     budget_ms = service.slo.latency * 1e3
     service_ms = service.service_time * 1e3
     feasible = set()
-    for site in topology.sites:
+    for site in sites:
         ok = True
         for demand in service.demand:
-            measured = overrides.get((demand.region, site.id))
-            value = measured if measured is not None else rtt.get((demand.region, site.id))
+            measured = overrides.get((demand.region, site))
+            value = measured if measured is not None else rtt_ms.get((demand.region, site))
             if value is None or value + service_ms > budget_ms:
                 ok = False
                 break
         if ok:
-            feasible.add(site.id)
+            feasible.add(site)
     return frozenset(feasible)
 
 
