@@ -20,7 +20,7 @@ Commands:
                      ${TEST_CMD[*]} [ARGS]
                    e.g. sudo ./lab.sh test -k install -x
   install [FLAGS]  only install; FLAGS go to scripts/install.sh
-                   (e.g. --with-workloads for podman, runc, chromium)
+                   (e.g. --skip-image: no workload container image)
   -h, --help       show this help
 
 Needs root (sudo) for everything but --help: the twin creates network

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Install everything the APN twin needs on this machine, idempotently.
 #
-#   sudo scripts/install.sh [--with-workloads] [--help]
+#   sudo scripts/install.sh [--skip-image] [--help]
 #
 # Safe to rerun: apt packages are only installed when dpkg says they are
-# missing, the venv is only reinstalled when pyproject.toml changed, and Open
-# vSwitch is only started when it is not answering. A rerun on an installed
-# machine takes a few seconds and needs no network.
+# missing, the venv is only reinstalled when pyproject.toml changed, Open
+# vSwitch is only started when it is not answering, and the workload image is
+# only rebuilt when the sources it is made from changed (scripts/build-image.sh).
+# A rerun on an installed machine takes a few seconds and needs no network.
 #
 # Environment:
-#   TWIN_INSTALL_EXTRAS=1   same as --with-workloads
 #   TWIN_PYTHON=/path       interpreter for .venv (default /usr/bin/python3)
+#   TWIN_INSTALL_EXTRAS     ignored (podman, runc and chromium are always installed now)
 # Testing hooks only (used by tests/unit/test_install_script.py):
 #   TWIN_INSTALL_ASSUME_NONROOT=1   behave as if not run as root
 #   TWIN_OS_RELEASE=/path           read this instead of /etc/os-release
@@ -27,11 +28,14 @@ BASE_PKGS=(
 # Needed by the test suite (tests/unit/test_install_script.py lints the
 # shell scripts with shellcheck; in CI a missing shellcheck is a failure).
 TEST_PKGS=(shellcheck)
-# Workload containers and the browser-driven dashboard checks. They are large
-# (hundreds of MB) and only later issues use them, so they are opt-in:
-# --with-workloads or TWIN_INSTALL_EXTRAS=1. Set per distribution below
+# Workload containers (podman; runc because crun refuses the hybrid cgroup
+# layout of some kernels; debootstrap builds the image, as no image registry is
+# reachable) and the browser-driven dashboard checks. The test suite needs all
+# of them, so they are part of every install. Set per distribution below
 # because Ubuntu names the chromium packages differently.
 EXTRA_PKGS=()
+# Where podman reads drop-in configuration (containers.conf.d, podman >= 4.0).
+CONTAINERS_CONF_D=/etc/containers/containers.conf.d
 
 MIN_PYTHON="3.11"
 
@@ -48,22 +52,26 @@ die() { printf 'install: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
     cat <<'EOF'
-Usage: sudo scripts/install.sh [--with-workloads]
+Usage: sudo scripts/install.sh [--skip-image]
 
-Installs the apt packages, the Python venv (.venv) and starts Open vSwitch
-for the APN twin, then probes the kernel (netem, openvswitch module).
-Idempotent: a rerun on an installed machine finishes in a few seconds.
+Installs the apt packages (Open vSwitch, Mininet, podman, runc, chromium, ...),
+the Python venv (.venv), podman's settings for the twin, the workload image
+(scripts/build-image.sh) and starts Open vSwitch, then probes the kernel
+(netem, openvswitch module) and CRIU. Idempotent: a rerun on an installed
+machine finishes in a few seconds.
 
-  --with-workloads   also install podman, runc and chromium (+ driver);
-                     same as TWIN_INSTALL_EXTRAS=1
+  --skip-image       do not build the workload container image
+  --with-workloads   accepted for old instructions; does nothing (podman,
+                     runc and chromium are always installed now)
   -h, --help         show this help
 EOF
 }
 
-WITH_EXTRAS="${TWIN_INSTALL_EXTRAS:-0}"
+SKIP_IMAGE=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --with-workloads) WITH_EXTRAS=1 ;;
+        --with-workloads) ;;
+        --skip-image) SKIP_IMAGE=1 ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -114,13 +122,18 @@ install_packages() {
         if apt-cache show "$extra_mods" >/dev/null 2>&1; then
             want+=("$extra_mods")
         fi
-        EXTRA_PKGS=(podman runc chromium-browser chromium-chromedriver)
+        EXTRA_PKGS=(podman runc debootstrap chromium-browser chromium-chromedriver)
     else
-        EXTRA_PKGS=(podman runc chromium chromium-driver)
+        EXTRA_PKGS=(podman runc debootstrap chromium chromium-driver)
     fi
-    if [ "$WITH_EXTRAS" = 1 ]; then
-        want+=("${EXTRA_PKGS[@]}")
-    fi
+    want+=("${EXTRA_PKGS[@]}")
+    # CRIU only when the registry serves 4.x: 3.x (Debian 12) fails
+    # `criu check` on kernels whose vDSO has a [vvar_vclock] area.
+    local criu_candidate
+    criu_candidate=$(apt-cache policy criu 2>/dev/null | sed -n 's/^ *Candidate: *//p' | head -n 1)
+    case "$criu_candidate" in
+        [4-9].*|[1-9][0-9]*.*) want+=(criu) ;;
+    esac
 
     local missing=() p
     for p in "${want[@]}"; do
@@ -204,7 +217,49 @@ start_ovs() {
     log "Open vSwitch: started"
 }
 
-# --- 5. kernel probe ------------------------------------------------------------
+# --- 5. containers ----------------------------------------------------------------
+# Default ulimits for every container: podman's own default asks for a higher
+# nofile limit than root may set where it lacks CAP_SYS_RESOURCE, and then
+# every `podman run` fails. The runtime (runc vs crun) is not set here: the
+# twin detects at run time which one works (twin/workloads/containers.py).
+CONTAINERS_CONF_TEXT='# Written by scripts/install.sh of the APN twin; rewritten on every install.
+[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=4096:4096"]'
+
+configure_containers() {
+    local conf="${CONTAINERS_CONF_D}/twin.conf"
+    if [ -f "$conf" ] && [ "$(cat "$conf")" = "$CONTAINERS_CONF_TEXT" ]; then
+        log "podman settings: ${conf} up to date"
+        return 0
+    fi
+    mkdir -p "$CONTAINERS_CONF_D"
+    printf '%s\n' "$CONTAINERS_CONF_TEXT" >"${conf}.tmp"
+    mv "${conf}.tmp" "$conf"
+    log "podman settings: wrote ${conf}"
+}
+
+build_image() {
+    if [ "$SKIP_IMAGE" = 1 ]; then
+        IMAGE_LINE="skipped (--skip-image)"
+        return 0
+    fi
+    "${REPO_ROOT}/scripts/build-image.sh" \
+        || die "building the workload image failed; see the messages above, fix, rerun"
+    IMAGE_LINE=$("${REPO_ROOT}/scripts/build-image.sh" --print-ref)
+}
+
+# `criu check` decides whether checkpoint/restore migration can run here.
+probe_criu() {
+    if ! command -v criu >/dev/null 2>&1; then
+        CRIU_LINE="absent (no CRIU 4.x in the package registry; checkpoint/restore migration is skipped)"
+    elif criu check >/dev/null 2>&1; then
+        CRIU_LINE="$(criu --version 2>/dev/null | head -n 1), criu check passed"
+    else
+        CRIU_LINE="$(criu --version 2>/dev/null | head -n 1), criu check FAILED (checkpoint/restore migration is skipped)"
+    fi
+}
+
+# --- 6. kernel probe ------------------------------------------------------------
 # A throwaway veth pair (dummy links may be unavailable) named twprobe<pid>a/b,
 # at most 15 characters. The EXIT trap removes it whatever happens.
 PROBE_IF="twprobe$$a"
@@ -250,13 +305,17 @@ log "OS: ${OS_ID} ${OS_VERSION}; repo: ${REPO_ROOT}"
 install_packages
 setup_venv
 start_ovs
+configure_containers
+build_image
+probe_criu
 probe_kernel
 
 echo "----- install summary -----"
 echo "os:        ${OS_ID} ${OS_VERSION}"
-if [ "$WITH_EXTRAS" = 1 ]; then PKG_SUMMARY="${PKG_SUMMARY} (with workloads)"; fi
 echo "packages:  ${PKG_SUMMARY}"
 echo "venv:      ${VENV} ($("${VENV}/bin/python" -V 2>&1), ${VENV_SUMMARY})"
 echo "ovs:       $(ovs-vsctl --timeout=2 get Open_vSwitch . ovs_version 2>/dev/null | tr -d '"') answering"
+echo "image:     ${IMAGE_LINE}"
+echo "criu:      ${CRIU_LINE}"
 echo "${KERNEL_LINE}"
 echo "took:      $(( $(date +%s) - START_TS ))s"
