@@ -14,6 +14,7 @@ from typing import Any
 import pydantic
 
 from twin.errors import Problem, ValidationError
+from twin.model import power
 from twin.model.loader import LineMap, LoadedFile, load_file
 from twin.model.schema import Scenario, Strict, Topology
 
@@ -161,6 +162,13 @@ def _scenario_rules(scn: Scenario, file: str, lines: LineMap, topo: Topology | N
     for site_id, signal in scn.power.items():
         if (signal.profile is None) == (signal.csv is None):
             add(f"power.{site_id}", "give exactly one of profile or csv", "keep one of the two keys")
+        if signal.profile is not None and signal.profile not in power.PROFILES:
+            add(f"power.{site_id}.profile", f'unknown profile "{signal.profile}"',
+                f"choose one of {', '.join(power.PROFILE_NAMES)}")
+        for key in ("csv", "price_csv"):
+            name = getattr(signal, key)
+            if name is not None and not (Path(file).parent / name).is_file():
+                add(f"power.{site_id}.{key}", f"file {name!r} not found", "give a path relative to the scenario file")
     if topo is not None:
         sites = {s.id for s in topo.sites}
         spans = {frozenset(s.ends) for s in topo.spans}
