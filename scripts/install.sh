@@ -29,8 +29,8 @@ BASE_PKGS=(
 # shell scripts with shellcheck; in CI a missing shellcheck is a failure).
 TEST_PKGS=(shellcheck)
 # Workload containers (podman; runc because crun refuses the hybrid cgroup
-# layout of some kernels; debootstrap builds the image, as no image registry is
-# reachable) and the browser-driven dashboard checks. The test suite needs all
+# layout of some kernels; catatonit as the containers' init; debootstrap builds
+# the image, as no image registry is reachable) and the browser-driven dashboard checks. The test suite needs all
 # of them, so they are part of every install. Set per distribution below
 # because Ubuntu names the chromium packages differently.
 EXTRA_PKGS=()
@@ -122,9 +122,9 @@ install_packages() {
         if apt-cache show "$extra_mods" >/dev/null 2>&1; then
             want+=("$extra_mods")
         fi
-        EXTRA_PKGS=(podman runc debootstrap chromium-browser chromium-chromedriver)
+        EXTRA_PKGS=(podman runc catatonit debootstrap chromium-browser chromium-chromedriver)
     else
-        EXTRA_PKGS=(podman runc debootstrap chromium chromium-driver)
+        EXTRA_PKGS=(podman runc catatonit debootstrap chromium chromium-driver)
     fi
     want+=("${EXTRA_PKGS[@]}")
     # CRIU only when the registry serves 4.x: 3.x (Debian 12) fails
