@@ -32,12 +32,12 @@ userspace delay engine on this kernel) and measures, in order:
    dst, client in the users host of its src, ``mnexec -a PID``) runs TCP for
    ``--iperf-seconds`` over that lightpath ("bulk lightpath") while another
    lightpath (different sender and reflector hosts, sharing a switch when
-   possible) is probed. First at the wavelength's configured rate (the tbf on
-   its switch ports), which gives the throughput one wavelength reaches; then
-   with the tbf on both switch ports of that wavelength on every span of the
-   route raised to each of ``--rates`` (``link_backends.apply_rate_limit``,
-   the same tbf shape the network uses; restored to the configured rate
-   afterwards). Accuracy holds at a rate when p99 |corrected| <= 300 us with
+   possible) is probed. First at the wavelength's configured rate (the delay
+   engine's token bucket for that wavelength's VLAN), which gives the throughput
+   one wavelength reaches; then with that wavelength's rate on every span of the
+   route set to each of ``--rates`` (``ApnNetwork.set_wavelength_rate``, which
+   re-shapes the running engine; restored to the configured rate afterwards).
+   Accuracy holds at a rate when p99 |corrected| <= 300 us with
    no reordering and no loss on the probed lightpath.
 
 4. Lightpath set-up latency through the API. The lightpath between two
@@ -77,7 +77,6 @@ sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm
 
-from twin.emulation import link_backends
 from twin.emulation.network import in_host
 from twin.emulation.probe import ProbeSummary, percentile
 from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
@@ -253,16 +252,16 @@ def accuracy(lp: dict, summary: ProbeSummary, samples, overhead_us: float) -> di
     }
 
 
-def wavelength_ports(session: TwinSession, lp: dict) -> list[tuple[str, float]]:
-    """(switch port, configured rate) of both ends of the lightpath's wavelength on every span."""
-    ports = []
+def wavelength_spans(session: TwinSession, lp: dict) -> list[tuple[str, str, float]]:
+    """(a, b, configured rate) of the lightpath's wavelength on every span of its route."""
+    spans = []
     for a, b in zip(lp["route"], lp["route"][1:]):
         for link in session.network.links:
-            if link.wavelength == lp["wavelength"] and {link.a, link.b} == {a, b}:
-                ports += [(link.port_a, link.rate_bps), (link.port_b, link.rate_bps)]
-    if not ports:
-        raise TwinError(f"no emulated links found for lightpath {lp['id']}")
-    return ports
+            if {link.a, link.b} == {a, b}:
+                spans.append((a, b, link.wavelength(lp["wavelength"]).rate_bps))
+    if not spans:
+        raise TwinError(f"no emulated spans found for lightpath {lp['id']}")
+    return spans
 
 
 def run_iperf(session: TwinSession, procs: Procs, lp: dict, seconds: float) -> tuple[subprocess.Popen,
@@ -323,14 +322,14 @@ def part_accuracy(session, procs, made, overhead_us, count, rate) -> tuple[list[
 
 def part_bulk(session, procs, made, overhead_us, count, rate, rates_mbps, seconds) -> dict:
     bulk, probed = pick_pair_for_bulk(made)
-    ports = wavelength_ports(session, bulk)
-    configured = ports[0][1]
+    spans = wavelength_spans(session, bulk)
+    configured = spans[0][2]
     cases = [("configured", configured)] + [(f"{r:g} Mbit/s", r * 1e6) for r in rates_mbps]
     rows = []
     try:
         for label, rate_bps in tqdm(cases, desc="bulk TCP alongside", unit="rate", file=sys.stderr):
-            for ifname, _ in ports:
-                link_backends.apply_rate_limit(ifname, rate_bps)
+            for a, b, _ in spans:
+                session.network.set_wavelength_rate(a, b, bulk["wavelength"], rate_bps)
             server, client = run_iperf(session, procs, bulk, seconds)
             time.sleep(min(2.0, seconds / 4))  # past slow start
             summary, samples = probe_samples(session, procs, probed["src"], probed["dst"], count=count, rate=rate)
@@ -341,8 +340,8 @@ def part_bulk(session, procs, made, overhead_us, count, rate, rates_mbps, second
                             and row["lost"] == 0)
             rows.append(row)
     finally:
-        for ifname, configured_bps in ports:
-            link_backends.apply_rate_limit(ifname, configured_bps)
+        for a, b, configured_bps in spans:
+            session.network.set_wavelength_rate(a, b, bulk["wavelength"], configured_bps)
     swept = [r for r in rows if r["case"] != "configured"]
     holding = [r["tbf_mbps"] for r in swept if r["holds"]]
     # "Highest rate at which accuracy still holds": the highest tried rate with every lower one holding too.
@@ -353,7 +352,7 @@ def part_bulk(session, procs, made, overhead_us, count, rate, rates_mbps, second
         highest = r["tbf_mbps"]
     return {"bulk_lightpath": {k: bulk[k] for k in ("id", "src", "dst", "route", "wavelength")},
             "probed_lightpath": {k: probed[k] for k in ("id", "src", "dst", "route", "wavelength")},
-            "bulk_ports": [p for p, _ in ports], "configured_rate_mbps": round(configured / 1e6, 1),
+            "bulk_spans": [f"{a}-{b}" for a, b, _ in spans], "configured_rate_mbps": round(configured / 1e6, 1),
             "iperf_seconds": seconds, "rows": rows, "rates_holding_mbps": holding,
             "highest_rate_holding_mbps": highest}
 

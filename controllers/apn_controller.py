@@ -252,6 +252,17 @@ class APNController(BaseApp):
                 actions.append(parser.OFPActionOutput(int(value)))
             elif name == "set_eth_dst":
                 actions.append(parser.OFPActionSetField(eth_dst=value))
+            elif name == "push_vlan":
+                actions.append(parser.OFPActionPushVlan(int(value)))
+            elif name == "set_vlan_vid":
+                # OpenFlow 1.3+ writes vlan_vid with the "present" bit set.
+                actions.append(parser.OFPActionSetField(vlan_vid=ofp.OFPVID_PRESENT | int(value)))
+            elif name == "pop_vlan":
+                actions.append(parser.OFPActionPopVlan())
+            elif name == "resubmit":
+                # Nicira resubmit(,table): look the packet up again with its new headers. The
+                # extension takes OpenFlow 1.0 port numbers: 0xfff8 is OFPP_IN_PORT there.
+                actions.append(parser.NXActionResubmitTable(in_port=0xFFF8, table_id=int(value)))
             elif name in ("ct_recirc", "ct_track", "ct_commit"):
                 actions.append(_ct_action(parser, name, value))
             else:

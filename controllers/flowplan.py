@@ -14,19 +14,25 @@ priority match                                               actions
 ======== =================================================== ============================================
 0        table miss                                          drop (ARP is static: nothing to learn)
 100      ip, nw_dst = each local host's APN and packet IP    set eth_dst host MAC, output host port
-100      ip, nw_dst = 10.2.j.0/24 (j != i)                   output packet port of the next hop (by delay)
-200      ip, nw_dst = 10.1.j.0/24, at each END of a lightpath output the lightpath's wavelength port
+100      ip, nw_dst = 10.2.j.0/24 (j != i)                   output trunk port to the next hop (by delay),
+                                                             untagged: the packet network's frames
+200      ip, nw_dst = 10.1.j.0/24, at each END of a lightpath push VLAN of the lightpath's wavelength,
+                                                             output its trunk port (lightpath_out_actions)
 250      ip, nw_dst = VIP (at a home: host or draining site) set eth_dst compute MAC, output compute port
 250      ip, nw_src = VIP, nw_dst = a local host's APN IP    ct(zone) (replies seen by conntrack), deliver
 260      in_port = local host port, ip, nw_dst = VIP         ct(zone, table=1): connection affinity, see
                                                              :func:`vip_flows` (table 1: ct_mark -> site)
-300      in_port = wavelength w port (TRANSIT of a lightpath) output wavelength w port to the next site
+290      in_port = trunk, any VLAN                           drop (a dark wavelength carries nothing)
+300      in_port = trunk, vlan_vid = w (TRANSIT)             output the trunk to the next site (tag kept)
+300      in_port = trunk, vlan_vid = w (END: drop)           pop VLAN, resubmit to table 0 (then local
+                                                             delivery or VIP rules decide the host)
 ======== =================================================== ============================================
 
-Transit rules match only ``in_port``: a ROADM cross-connects light without
-looking at packets, so everything on that wavelength passes and nothing else
-can enter it. End rules (add/drop) and VIP rules are the only places where IP
-decides a wavelength. Without a lightpath between two sites their APN
+A wavelength is a VLAN id on a span's trunk port (:mod:`twin.model.portmap`).
+Transit rules match only the port and the VLAN id: a ROADM cross-connects light
+without looking at packets, so everything on that wavelength passes and nothing
+else can enter it. End rules (add/drop) and VIP rules are the only places where
+IP decides a wavelength. Without a lightpath between two sites their APN
 addresses are unreachable (layer-1 faithful: no electrical hop-by-hop relay).
 Between one pair several lightpaths may exist; the oldest (first created)
 carries the pair's traffic, so the choice is deterministic and does not move
@@ -59,6 +65,10 @@ PRIO_PACKET = 100
 PRIO_ADD_DROP = 200
 PRIO_VIP = 250
 PRIO_TRANSIT = 300
+PRIO_DARK = 290
+KIND_LP_DROP, KIND_DARK = 16, 17   # lightpath drop at an end; guard against tagged frames of no lightpath
+OFPVID_PRESENT = 0x1000
+ETH_TYPE_VLAN = 0x8100
 
 TABLE = 0
 ETH_TYPE_IPV4 = 0x0800
@@ -77,6 +87,10 @@ class FlowSpec:
     ``("ct_recirc", (zone, table))`` (through conntrack, then on in ``table``),
     ``("ct_track", zone)`` (through conntrack, carry on) and ``("ct_commit", (zone,
     mark))`` (commit the connection with ``ct_mark = mark``); an empty tuple drops.
+    VLANs: match ``vlan_vid`` as OpenFlow writes it (``OFPVID_PRESENT | vid``, or a
+    (value, mask) pair); actions ``("push_vlan", 0x8100)``, ``("set_vlan_vid", vid)``
+    (plain id), ``("pop_vlan", 0)`` and ``("resubmit", table)`` (look the packet up
+    again in ``table``, in_port unchanged).
     """
 
     table: int
@@ -113,8 +127,12 @@ def carriers(lightpaths: Iterable[Lightpath]) -> dict[tuple[str, str], Lightpath
     return result
 
 
-def end_port(portmap: PortMap, lightpath: Lightpath, site: str) -> int:
-    """The wavelength port through which ``site`` (one end of the lightpath) sends into it."""
+def end_channel(portmap: PortMap, lightpath: Lightpath, site: str) -> tuple[int, int]:
+    """(trunk port, VLAN id) through which ``site`` (one end of the lightpath) sends into it.
+
+    Raises:
+        ValueError: ``site`` is not an end of the lightpath.
+    """
     sites = lightpath.route.sites
     if site == sites[0]:
         nxt = sites[1]
@@ -122,7 +140,44 @@ def end_port(portmap: PortMap, lightpath: Lightpath, site: str) -> int:
         nxt = sites[-2]
     else:
         raise ValueError(f"{site} is not an end of lightpath {lightpath.id}")
-    return portmap.switches[site].wavelength_port(nxt, lightpath.wavelength).number
+    return portmap.switches[site].wavelength_channel(nxt, lightpath.wavelength)
+
+
+def end_port(portmap: PortMap, lightpath: Lightpath, site: str) -> int:
+    """The trunk port through which ``site`` (one end of the lightpath) sends into it."""
+    return end_channel(portmap, lightpath, site)[0]
+
+
+def lightpath_out_actions(portmap: PortMap, lightpath: Lightpath, site: str) -> tuple[Action, ...]:
+    """Actions that put a packet onto ``lightpath`` at ``site``, one of its ends: tag it with the
+    wavelength's VLAN and send it out of the trunk (for add rules and service steering).
+
+    Raises:
+        ValueError: ``site`` is not an end of the lightpath.
+    """
+    port, vid = end_channel(portmap, lightpath, site)
+    return (("push_vlan", ETH_TYPE_VLAN), ("set_vlan_vid", vid), ("output", port))
+
+
+def lightpath_flows(portmap: PortMap, lightpath: Lightpath) -> dict[str, set[FlowSpec]]:
+    """Cross-connects at transit sites and drop rules at both ends of one lightpath, per site."""
+    out: dict[str, set[FlowSpec]] = {}
+    sites = lightpath.route.sites
+    w = lightpath.wavelength
+    for prev, here, nxt in zip(sites, sites[1:], sites[2:]):
+        sw = portmap.switches[here]
+        (a, vid_a), (b, vid_b) = sw.wavelength_channel(prev, w), sw.wavelength_channel(nxt, w)
+        rules = out.setdefault(here, set())
+        rules.add(flow(PRIO_TRANSIT, KIND_TRANSIT, {"in_port": a, "vlan_vid": OFPVID_PRESENT | vid_a},
+                       (("set_vlan_vid", vid_b), ("output", b)) if vid_a != vid_b else (("output", b),)))
+        rules.add(flow(PRIO_TRANSIT, KIND_TRANSIT, {"in_port": b, "vlan_vid": OFPVID_PRESENT | vid_b},
+                       (("set_vlan_vid", vid_a), ("output", a)) if vid_a != vid_b else (("output", a),)))
+    for end in (sites[0], sites[-1]):
+        port, vid = end_channel(portmap, lightpath, end)
+        out.setdefault(end, set()).add(flow(PRIO_TRANSIT, KIND_LP_DROP,
+                                            {"in_port": port, "vlan_vid": OFPVID_PRESENT | vid},
+                                            (("pop_vlan", 0), ("resubmit", TABLE))))
+    return out
 
 
 def packet_next_hops(network: OpticalNetwork) -> dict[str, dict[str, str]]:
@@ -164,22 +219,20 @@ def desired_flows(portmap: PortMap, network: OpticalNetwork, lightpaths: Iterabl
             if other != site and nxt is not None:
                 table.add(flow(PRIO_PACKET, KIND_PACKET, _ip(ad.site_prefix(ad.PACKET_PLANE, other_index)),
                                (("output", sw.packet_port(nxt).number),)))
+        for trunk in sw.trunk_ports():
+            table.add(flow(PRIO_DARK, KIND_DARK, {"in_port": trunk.number,
+                                                  "vlan_vid": (OFPVID_PRESENT, OFPVID_PRESENT)}))
 
     for lightpath in lightpaths:
-        sites = lightpath.route.sites
-        w = lightpath.wavelength
-        for prev, here, nxt in zip(sites, sites[1:], sites[2:]):
-            sw = portmap.switches[here]
-            a, b = sw.wavelength_port(prev, w).number, sw.wavelength_port(nxt, w).number
-            flows[here].add(flow(PRIO_TRANSIT, KIND_TRANSIT, {"in_port": a}, (("output", b),)))
-            flows[here].add(flow(PRIO_TRANSIT, KIND_TRANSIT, {"in_port": b}, (("output", a),)))
+        for here, rules in lightpath_flows(portmap, lightpath).items():
+            flows[here] |= rules
 
     carrier = carriers(lightpaths)
     for lightpath in carrier.values():
         for here, there in ((lightpath.src, lightpath.dst), (lightpath.dst, lightpath.src)):
             prefix = ad.site_prefix(ad.APN_PLANE, index[there])
             flows[here].add(flow(PRIO_ADD_DROP, KIND_ADD_DROP, _ip(prefix),
-                                 (("output", end_port(portmap, lightpath, here)),)))
+                                 lightpath_out_actions(portmap, lightpath, here)))
 
     for site, table in flows.items():
         table.update(vip_flows(portmap, carrier, site, vip_sites, vip_draining or {}))
@@ -263,7 +316,7 @@ def _towards(portmap: PortMap, carrier: Mapping[tuple[str, str], Lightpath], sit
     lightpath = carrier.get(span_key(site, home))
     if lightpath is None:
         return None
-    return (("output", end_port(portmap, lightpath, site)),)
+    return lightpath_out_actions(portmap, lightpath, site)
 
 
 def vip_flows(portmap: PortMap, carrier: Mapping[tuple[str, str], Lightpath], site: str,

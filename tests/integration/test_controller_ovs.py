@@ -64,21 +64,25 @@ def test_lightpath_flows_appear_and_go(lab):
 
     lp = controller.client.create_lightpath("a", "c", route=["a", "b", "c"])
     w = lp["wavelength"]
-    b_west, b_east = pm["b"].wavelength_port("a", w).number, pm["b"].wavelength_port("c", w).number
+    (b_west, vid), (b_east, _) = pm["b"].wavelength_channel("a", w), pm["b"].wavelength_channel("c", w)
     b = app_flows(testbed, "b")
-    assert has(b, f"priority=300,in_port={b_west} actions=output:{b_east}")
-    assert has(b, f"priority=300,in_port={b_east} actions=output:{b_west}")
-    assert has(app_flows(testbed, "a"),
-               f"priority=200,ip,nw_dst=10.1.3.0/24 actions=output:{pm['a'].wavelength_port('b', w).number}")
-    assert has(app_flows(testbed, "c"),
-               f"priority=200,ip,nw_dst=10.1.1.0/24 actions=output:{pm['c'].wavelength_port('b', w).number}")
+    # Transit: port and VLAN in, the other trunk out, tag kept.
+    assert has(b, f"priority=300,in_port={b_west},dl_vlan={vid} actions=output:{b_east}")
+    assert has(b, f"priority=300,in_port={b_east},dl_vlan={vid} actions=output:{b_west}")
+    a_trunk, c_trunk = pm["a"].trunk_port("b").number, pm["c"].trunk_port("b").number
+    # Add: tag with the wavelength's VLAN, out of the trunk. Drop: pop and look up again.
+    assert has(app_flows(testbed, "a"), f"priority=200,ip,nw_dst=10.1.3.0/24 actions=push_vlan:0x8100,"
+                                        f"set_field:{0x1000 | vid}->vlan_vid,output:{a_trunk}")
+    assert has(app_flows(testbed, "c"), f"priority=200,ip,nw_dst=10.1.1.0/24 actions=push_vlan:0x8100,"
+                                        f"set_field:{0x1000 | vid}->vlan_vid,output:{c_trunk}")
+    assert has(app_flows(testbed, "c"), f"priority=300,in_port={c_trunk},dl_vlan={vid} actions=pop_vlan,resubmit(,0)")
     # A packet from a's users to c's compute host crosses b on the wavelength and is delivered.
     trace = testbed.trace("a", "in_port=2,ip,nw_dst=10.1.3.1")
     sections = trace.split("bridge(")
     at_b = next(x for x in sections if x.startswith(f'"{testbed.bridge["b"]}"'))
     at_c = next(x for x in sections if x.startswith(f'"{testbed.bridge["c"]}"'))
     assert f"output:{b_east}" in at_b
-    assert "set_field:02:00:00:03:00:01->eth_dst" in at_c and "output:1" in at_c
+    assert "pop_vlan" in at_c and "set_field:02:00:00:03:00:01->eth_dst" in at_c and "output:1" in at_c
 
     controller.client.delete_lightpath(lp["id"])
     assert {s: sorted(app_flows(testbed, s)) for s in pm} == baseline
@@ -113,4 +117,5 @@ def test_restart_after_sigkill_reconciles(lab):
 
     # And the restarted controller works as before.
     lp = controller.client.create_lightpath("a", "c")
-    assert has(app_flows(testbed, "a"), f"output:{testbed.portmap.switches['a'].wavelength_port('c', lp['wavelength']).number}")
+    port, vid = testbed.portmap.switches["a"].wavelength_channel("c", lp["wavelength"])
+    assert has(app_flows(testbed, "a"), f"set_field:{0x1000 | vid}->vlan_vid,output:{port}")

@@ -71,8 +71,19 @@ def state(topology):
 
 
 def port(state, site, peer, wavelength=None):
+    """The trunk port towards ``peer`` (wavelengths and the packet network share it)."""
     sw = state.portmap.switches[site]
-    return sw.packet_port(peer).number if wavelength is None else sw.wavelength_port(peer, wavelength).number
+    return sw.packet_port(peer).number if wavelength is None else sw.wavelength_channel(peer, wavelength)[0]
+
+
+def vid(state, site, peer, wavelength):
+    return state.portmap.switches[site].wavelength_channel(peer, wavelength)[1]
+
+
+def lp_out(state, site, peer, wavelength):
+    """What puts a packet onto the lightpath at ``site``: tag with the wavelength's VLAN, out of the trunk."""
+    return (("push_vlan", 0x8100), ("set_vlan_vid", vid(state, site, peer, wavelength)),
+            ("output", port(state, site, peer, wavelength)))
 
 
 def by_kind(flows, kind):
@@ -97,10 +108,10 @@ def test_direct_lightpath_adds_and_drops_at_both_ends_only(state):
     assert lp.wavelength == 0
     assert by_kind(flows["a"], fp.KIND_ADD_DROP) == {
         fp.flow(fp.PRIO_ADD_DROP, fp.KIND_ADD_DROP, {"eth_type": 0x800, "ipv4_dst": "10.1.3.0/24"},
-                [("output", port(state, "a", "c", 0))])}
+                lp_out(state, "a", "c", 0))}
     assert by_kind(flows["c"], fp.KIND_ADD_DROP) == {
         fp.flow(fp.PRIO_ADD_DROP, fp.KIND_ADD_DROP, {"eth_type": 0x800, "ipv4_dst": "10.1.1.0/24"},
-                [("output", port(state, "c", "a", 0))])}
+                lp_out(state, "c", "a", 0))}
     assert not by_kind(flows["b"], fp.KIND_ADD_DROP) and not by_kind(flows["b"], fp.KIND_TRANSIT)
     assert_switches_match(state)
 
@@ -110,11 +121,14 @@ def test_transit_site_cross_connects_the_same_wavelength_both_ways(state):
     lp = state.create_lightpath("a", "c", route=["a", "b", "c"], wavelength=1)
     flows = state.desired()
     west, east = port(state, "b", "a", 1), port(state, "b", "c", 1)
+    tag = 0x1000 | vid(state, "b", "a", 1)
+    assert tag == 0x1000 | vid(state, "b", "c", 1) == 0x1000 | 101
     assert by_kind(flows["b"], fp.KIND_TRANSIT) == {
-        fp.flow(fp.PRIO_TRANSIT, fp.KIND_TRANSIT, {"in_port": west}, [("output", east)]),
-        fp.flow(fp.PRIO_TRANSIT, fp.KIND_TRANSIT, {"in_port": east}, [("output", west)])}
-    # Layer 1: the transit rule looks at nothing but the port.
-    assert all(set(dict(f.match)) == {"in_port"} for f in by_kind(flows["b"], fp.KIND_TRANSIT))
+        fp.flow(fp.PRIO_TRANSIT, fp.KIND_TRANSIT, {"in_port": west, "vlan_vid": tag}, [("output", east)]),
+        fp.flow(fp.PRIO_TRANSIT, fp.KIND_TRANSIT, {"in_port": east, "vlan_vid": tag}, [("output", west)])}
+    # Layer 1: the transit rule looks at nothing but the port and the wavelength, and keeps the tag.
+    assert all(set(dict(f.match)) == {"in_port", "vlan_vid"} for f in by_kind(flows["b"], fp.KIND_TRANSIT))
+    assert not by_kind(flows["b"], fp.KIND_LP_DROP)
     assert lp.route.sites == ("a", "b", "c")
     assert_switches_match(state)
 
@@ -170,10 +184,10 @@ def test_vip_delivered_locally_at_host_and_over_lightpath_elsewhere(state):
     assert at_host.actions == to_compute and "in_port" not in dict(at_host.match)
     # At a, new connections are committed with c's index and sent into the lightpath.
     [new] = steer(flows["a"], "10.3.0.1", fp.PRIO_STEER_NEW)
-    into_lp = ("output", port(state, "a", "c", lp.wavelength))
-    assert new.actions == (("ct_commit", (fp.CT_ZONE, 3)), into_lp)
+    into_lp = lp_out(state, "a", "c", lp.wavelength)
+    assert new.actions == (("ct_commit", (fp.CT_ZONE, 3)),) + into_lp
     [kept] = steer(flows["a"], "10.3.0.1", fp.PRIO_STEER_AFFINITY)
-    assert dict(kept.match)["ct_mark"] == 3 and kept.actions == (into_lp,)
+    assert dict(kept.match)["ct_mark"] == 3 and kept.actions == into_lp
     # Local clients at c are tracked too and delivered locally.
     [new_c] = steer(flows["c"], "10.3.0.1", fp.PRIO_STEER_NEW)
     assert new_c.actions == (("ct_commit", (fp.CT_ZONE, 3)),) + to_compute
@@ -204,13 +218,13 @@ def test_repoint_moves_new_connections_and_keeps_old_ones_until_drained(state):
     answer = state.set_service_site("10.3.0.1", "b")
     assert answer["site"] == "b" and answer["draining"] == ["c"]
     flows = state.desired()
-    to_b, to_c = ("output", port(state, "a", "b", 0)), ("output", port(state, "a", "c", 0))
+    to_b, to_c = lp_out(state, "a", "b", 0), lp_out(state, "a", "c", 0)
     # New connections from a: committed for b (index 2), sent to b.
     [new] = steer(flows["a"], "10.3.0.1", fp.PRIO_STEER_NEW)
-    assert new.actions == (("ct_commit", (fp.CT_ZONE, 2)), to_b)
+    assert new.actions == (("ct_commit", (fp.CT_ZONE, 2)),) + to_b
     # Established ones keep their site: one affinity rule per home.
     assert {(dict(f.match)["ct_mark"], f.actions) for f in steer(flows["a"], "10.3.0.1", fp.PRIO_STEER_AFFINITY)} \
-        == {(2, (to_b,)), (3, (to_c,))}
+        == {(2, to_b), (3, to_c)}
     # Both homes still deliver to their compute host.
     for home in ("b", "c"):
         assert [f for f in ip_rule(flows[home], "10.3.0.1") if f.priority == fp.PRIO_VIP]

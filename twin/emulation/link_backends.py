@@ -37,6 +37,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from twin.errors import TwinError
 
@@ -215,3 +216,72 @@ def choose_backend(requested: str = "auto") -> str:
         raise LinkBackendError("link backend netem requested but this kernel cannot create a netem qdisc "
                                "(no sch_netem module); use --link-backend userspace or auto")
     return "netem" if available else "userspace"
+
+
+# --------------------------------------------------------------------------- trunks (one port per span)
+
+
+@dataclass(frozen=True)
+class TrunkChannel:
+    """One VLAN of a span trunk (``vid`` None: the untagged frames) with its own delay and rate."""
+
+    vid: int | None
+    delay_us: float
+    jitter_us: float = 0.0
+    jitter_dist: str = "none"
+    rate_bps: float | None = None
+
+
+def trunk_netem_commands(ifname: str, channels: Sequence[TrunkChannel], *,
+                         netns: str | None = None) -> list[list[str]]:
+    """``tc`` argument lists giving each VLAN of a trunk its own rate and non-reordering netem.
+
+    htb root; per channel a class at its rate with a netem leaf (as
+    :func:`netem_commands`, so it keeps order), chosen by a flower filter on the
+    VLAN id; untagged frames go to the default class (the untagged channel).
+    Separate classes mean separate queues: one wavelength never waits behind
+    another.
+
+    Raises:
+        LinkBackendError: bad values, two channels for one VLAN, or too many channels.
+    """
+    vids = [ch.vid for ch in channels]
+    if len(set(vids)) != len(vids):
+        raise LinkBackendError(f"{ifname}: two trunk channels share a VLAN id")
+    if not channels or len(channels) > 0xFF00:
+        raise LinkBackendError(f"{ifname}: a trunk needs 1..{0xFF00} channels")
+    tc = _tc(netns)
+    untagged = next((i for i, ch in enumerate(channels) if ch.vid is None), None)
+    default = f"{untagged + 1:x}" if untagged is not None else "0"
+    cmds = [[*tc, "qdisc", "replace", "dev", ifname, "root", "handle", "1:", "htb", "default", default]]
+    for i, ch in enumerate(channels):
+        if ch.delay_us < 0 or ch.jitter_us < 0:
+            raise LinkBackendError(f"{ifname}: channel {ch.vid}: delay_us and jitter_us must be >= 0")
+        if ch.jitter_dist not in NETEM_DISTS:
+            raise LinkBackendError(f"{ifname}: channel {ch.vid}: jitter_dist {ch.jitter_dist!r} unknown")
+        classid = f"1:{i + 1:x}"
+        rate = ch.rate_bps or NO_REORDER_RATE_BPS
+        cmds.append([*tc, "class", "replace", "dev", ifname, "parent", "1:", "classid", classid, "htb",
+                     "rate", _bit(rate), "ceil", _bit(rate)])
+        netem = [*tc, "qdisc", "replace", "dev", ifname, "parent", classid, "handle", f"{i + 0x10:x}:", "netem",
+                 "limit", str(netem_limit(ch.delay_us, ch.jitter_us, ch.rate_bps)), "delay", _us(ch.delay_us)]
+        if ch.jitter_us > 0:
+            netem.append(_us(ch.jitter_us))
+            if NETEM_DISTS[ch.jitter_dist]:
+                netem += ["distribution", NETEM_DISTS[ch.jitter_dist]]
+        netem += ["rate", _bit(rate)]  # keeps netem from reordering (module docstring)
+        cmds.append(netem)
+        if ch.vid is not None:
+            cmds.append([*tc, "filter", "replace", "dev", ifname, "parent", "1:", "protocol", "802.1Q", "prio", "1",
+                         "handle", str(i + 1), "flower", "vlan_id", str(ch.vid), "classid", classid])
+    return cmds
+
+
+def apply_trunk_netem(ifname: str, channels: Sequence[TrunkChannel], **kw) -> None:
+    """Apply :func:`trunk_netem_commands` to ``ifname``.
+
+    Raises:
+        LinkBackendError: tc refused one of the commands (e.g. no sch_netem or cls_flower).
+    """
+    for cmd in trunk_netem_commands(ifname, channels, **kw):
+        _run(cmd, f"trunk netem on {ifname}")

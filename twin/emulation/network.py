@@ -6,19 +6,28 @@ the controller knows the same port map the network was built with.
 
 Per site: one OVS switch (the ROADM and DC edge; userspace datapath where the
 kernel has no openvswitch module), a compute host and a users host. Per fibre
-span: one link per wavelength with the span's delay (+ the APN's residual
-jitter), plus one link of the conventional packet network (propagation + per-hop
-router delay, jitter, and background load queueing), each rate-limited to the
-span's per-wavelength rate (packet link: shared capacity).
+span: one trunk link between the two switches. Each wavelength is a VLAN on it
+with the span's delay (+ the APN's residual jitter) and the per-wavelength rate;
+the untagged frames are the conventional packet network (propagation + per-hop
+router delay, jitter, background load queueing, shared capacity). Every VLAN
+has its own queue: a wavelength never waits behind another one, as on a fibre.
+
+Why one trunk per span and not one link per wavelength: the OVS userspace
+datapath polls every port from its main thread, so its per-packet delay and
+jitter grow with the port count (japan.yaml: 46 switch ports instead of 240;
+figures in benchmarks/README.md).
 
 Link delay backends
-    netem      switch-to-switch veth with netem (+ htb rate) on both ends.
-    userspace  every inter-site link passes through one delay engine process
+    netem      switch-to-switch veth; on each end an htb class per VLAN (rate)
+               with a netem leaf (delay), selected by a VLAN filter
+               (:func:`twin.emulation.link_backends.trunk_netem_commands`).
+    userspace  every span passes through one delay engine process
                (:mod:`twin.emulation.delay_engine`) that lives in a namespace of
                its own (Mininet host ``tw_dly``): switch port <-> veth <-> engine
-               <-> veth <-> switch port. Rate is shaped (tbf) on the switch ports
-               in front of the engine so the engine is never the bottleneck.
-               Ending the ``tw_dly`` shell removes all those veths at once.
+               <-> veth <-> switch port. The engine sorts frames by VLAN into
+               per-wavelength channels and shapes each with a token bucket
+               (what tbf did per wavelength port before). Ending the ``tw_dly``
+               shell removes all those veths at once.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twin.emulation import link_backends
-from twin.emulation.delay_engine import DelayEngineProcess, LinkSpec
+from twin.emulation.delay_engine import ChannelSpec, DelayEngineProcess, LinkSpec
 from twin.emulation.records import OVS_TAG, RunRecord
 from twin.errors import TwinError
 from twin.model import addressing as ad
@@ -54,15 +63,11 @@ class EmulationError(TwinError):
 
 
 @dataclass(frozen=True)
-class EmulatedLink:
-    """One inter-site link as built: which span, which wavelength (None = packet network)."""
+class EmulatedChannel:
+    """One channel of a span trunk: a wavelength (its VLAN id) or the packet network (untagged)."""
 
-    number: int
-    a: str
-    b: str
     wavelength: int | None
-    port_a: str
-    port_b: str
+    vid: int | None
     delay_s: float
     jitter_s: float
     jitter_dist: str
@@ -71,27 +76,49 @@ class EmulatedLink:
 
     @property
     def name(self) -> str:
-        return ad.wavelength_port(self.a, self.b, self.wavelength) if self.wavelength is not None \
-            else ad.packet_port(self.a, self.b)
+        return f"w{self.wavelength}" if self.wavelength is not None else "pk"
+
+
+@dataclass(frozen=True)
+class EmulatedLink:
+    """One span as built: its trunk ports and channels (wavelengths, then the packet network)."""
+
+    number: int
+    a: str
+    b: str
+    port_a: str
+    port_b: str
+    channels: tuple[EmulatedChannel, ...]
+
+    @property
+    def name(self) -> str:
+        return ad.trunk_port(self.a, self.b)
+
+    def wavelength(self, w: int) -> EmulatedChannel:
+        for channel in self.channels:
+            if channel.wavelength == w:
+                return channel
+        raise EmulationError(f"span {self.a}-{self.b} has no wavelength {w}")
 
 
 def plan_links(topology: Topology) -> list[EmulatedLink]:
-    """Every inter-site link with the delay the model gives it (pure; used by tests too)."""
+    """Every span with the delays the model gives its channels (pure; used by tests too)."""
     network = OpticalNetwork(topology)
+    port_map = build_port_map(topology)
     apn, packet = topology.apn, topology.packet_network
     links = []
-    for span in topology.spans:
+    for number, span in enumerate(topology.spans, start=1):
         a, b = span.ends
         optical = network.span_delay(a, b)
-        for w in range(span.wavelengths):
-            links.append(EmulatedLink(len(links) + 1, a, b, w, ad.wavelength_port(a, b, w),
-                                      ad.wavelength_port(b, a, w), optical, apn.jitter,
-                                      apn.jitter_distribution, span.rate))
+        trunk = port_map.switches[a].trunk_port(b)
+        channels = [EmulatedChannel(w, vid, optical, apn.jitter, apn.jitter_distribution, span.rate)
+                    for w, vid in enumerate(trunk.vids)]
         # The packet network crosses the same fibre, then a router at the far end.
         propagation = span.length * apn.propagation
-        links.append(EmulatedLink(len(links) + 1, a, b, None, ad.packet_port(a, b), ad.packet_port(b, a),
-                                  propagation + packet.router_delay, packet.jitter, packet.jitter_distribution,
-                                  packet.capacity, packet.background_load))
+        channels.append(EmulatedChannel(None, None, propagation + packet.router_delay, packet.jitter,
+                                        packet.jitter_distribution, packet.capacity, packet.background_load))
+        links.append(EmulatedLink(number, a, b, trunk.name, port_map.switches[b].trunk_port(a).name,
+                                  tuple(channels)))
     return links
 
 
@@ -221,24 +248,23 @@ class ApnNetwork:
 
     # -- configuration -----------------------------------------------------------------------
     def _configure_interfaces(self) -> None:
-        """Offloads and IPv6 off on every switch port; rate shaping on inter-site ports."""
+        """Offloads and IPv6 off on every switch port (rates are per VLAN: engine or netem)."""
         for sw_ports in self.port_map.switches.values():
             for port in sw_ports.ports:
                 _offloads_off(port.name)
                 _ipv6_off(port.name)
-        for link in self.links:
-            for ifname in (link.port_a, link.port_b):
-                link_backends.apply_rate_limit(ifname, link.rate_bps)
 
     def _start_engine(self, delay_host) -> None:
         specs = []
         for link in self.links:
             end_a, end_b = ad.engine_ifnames(link.number)
-            specs.append(LinkSpec(name=link.name, iface_a=end_a, iface_b=end_b, delay_us=link.delay_s * 1e6,
-                                  jitter_us=link.jitter_s * 1e6, jitter_dist=_ENGINE_DIST[link.jitter_dist],
-                                  background_load=link.background_load,
-                                  rate_bps=link.rate_bps if link.background_load else None,
-                                  seed=link.number))
+            channels = tuple(
+                ChannelSpec(vid=ch.vid, name=ch.name, delay_us=ch.delay_s * 1e6, jitter_us=ch.jitter_s * 1e6,
+                            jitter_dist=_ENGINE_DIST[ch.jitter_dist], background_load=ch.background_load,
+                            rate_bps=ch.rate_bps if ch.background_load else None, pace_bps=ch.rate_bps,
+                            seed=link.number * 1000 + (ch.wavelength if ch.wavelength is not None else 999))
+                for ch in link.channels)
+            specs.append(LinkSpec(name=link.name, iface_a=end_a, iface_b=end_b, channels=channels))
         self._engine = DelayEngineProcess(specs, workdir=self.record.directory,
                                           exec_prefix=["mnexec", "-a", str(delay_host.pid)],
                                           ready_timeout_s=120.0)
@@ -247,9 +273,25 @@ class ApnNetwork:
 
     def _apply_netem(self) -> None:
         for link in self.links:
+            channels = [link_backends.TrunkChannel(ch.vid, delay_us=ch.delay_s * 1e6, jitter_us=ch.jitter_s * 1e6,
+                                                   jitter_dist=_ENGINE_DIST[ch.jitter_dist], rate_bps=ch.rate_bps)
+                        for ch in link.channels]
             for ifname in (link.port_a, link.port_b):
-                link_backends.apply_netem(ifname, delay_us=link.delay_s * 1e6, jitter_us=link.jitter_s * 1e6,
-                                          jitter_dist=_ENGINE_DIST[link.jitter_dist], rate_bps=link.rate_bps)
+                link_backends.apply_trunk_netem(ifname, channels)
+
+    def set_wavelength_rate(self, a: str, b: str, wavelength: int, rate_bps: float) -> None:
+        """Change the rate of one wavelength of span a-b (both directions) while running.
+
+        Raises:
+            EmulationError: no such span or wavelength, or the backend cannot change it.
+        """
+        link = next((lk for lk in self.links if {lk.a, lk.b} == {a, b}), None)
+        if link is None:
+            raise EmulationError(f"no span {a}-{b}")
+        channel = link.wavelength(wavelength)
+        if self._engine is None:
+            raise EmulationError("changing a wavelength's rate needs the userspace link backend")
+        self._engine.set_pace([(link.name, channel.vid, rate_bps)])
 
     def _configure_hosts(self) -> None:
         """Addresses, MACs, static ARP for every host and the VIP gateway; offloads off."""

@@ -2,8 +2,8 @@
 
 For exercising the controller against real Open vSwitch without Mininet: the
 bridges carry exactly the port numbers of :func:`twin.model.portmap.build_port_map`
-(wavelength and packet-network ports as patch-port pairs to the neighbouring
-site, host ports as internal ports), so ``ovs-appctl ofproto/trace`` follows a
+(span trunks as patch-port pairs to the neighbouring site, host ports as
+internal ports), so ``ovs-appctl ofproto/trace`` follows a
 packet across sites. Used by the controller's integration test and benchmark.
 
 Every bridge and port name starts with the caller's prefix (``twt`` + a tag), and
@@ -70,12 +70,8 @@ class PatchTestbed:
                 cmd += ["--", "add-port", br, name, "--", "set", "interface", name, f"ofport_request={port.number}"]
                 if port.kind == "host":
                     cmd.append("type=internal")
-                else:
-                    peer_sw = self.portmap.switches[port.peer]
-                    if port.kind == "wavelength":
-                        peer = peer_sw.wavelength_port(site, port.wavelength)
-                    else:
-                        peer = peer_sw.packet_port(site)
+                else:  # a span trunk: patched to the far end's trunk, VLAN tags and all
+                    peer = self.portmap.switches[port.peer].trunk_port(site)
                     cmd += ["type=patch", f"options:peer={self.port_name(port.peer, peer.number)}"]
             cmd += ["--", "set-controller", br, self.controller]
         vsctl(*cmd[1:])

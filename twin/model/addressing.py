@@ -20,14 +20,22 @@ Addresses (each host has both; the destination prefix picks the network)
     host MAC       02:00:00:<i>:00:<h> (hex), VIP MAC 02:00:03:00:00:<k>
 ARP is static (written into each host), so no broadcast crosses the optical layer.
 
-Per span ``a-b`` (ends in file order) and wavelength ``w`` (0-based)
-    switch ports  ``a_b_w<w>`` on a and ``b_a_w<w>`` on b
-    packet-network link ports ``a_b_pk`` on a and ``b_a_pk`` on b
+Per span ``a-b`` (ends in file order), numbered 1.. in file order (``link``)
+    one trunk port per span end: ``a_b`` on a and ``b_a`` on b (switch ports
+    numbered after the hosts: 3, 4, ... for the spans touching the site, in file order)
+    wavelength ``w`` (0-based) travels on the trunk as 802.1Q VLAN id ``100 + w``
+    (``wavelength_vid``); the conventional packet network is the untagged traffic
+    of the same trunk. A trunk is the fibre: the link-delay backend gives each
+    VLAN its own queue, delay, jitter and rate (and the untagged frames the packet
+    network's router model), so no wavelength ever waits behind another.
+    Why trunks and not one port per wavelength: Open vSwitch's userspace datapath
+    polls every port from one thread, and its cost grows with the port count
+    (japan.yaml: 46 ports instead of 240).
 Generated names join ids with ``_``, which ids may not contain, so two different
 sites can never produce the same name (``a-b`` + ``c`` vs ``a`` + ``b-c``).
-The userspace delay engine sits in the middle of each inter-site link in a
-namespace of its own, on interfaces ``d<link>a`` / ``d<link>b`` (link = a global
-link number), so its interface names never collide with a switch's.
+The userspace delay engine sits in the middle of each span in a namespace of its
+own, on interfaces ``d<link>a`` / ``d<link>b``, so its interface names never
+collide with a switch's.
 
 Everything the twin makes on the host carries the prefix ``tw`` in a record file
 (see :mod:`twin.emulation.records`), so ``twin clean`` removes only its own.
@@ -79,12 +87,25 @@ def vip_mac(service_index: int) -> str:
     return f"02:00:03:00:00:{service_index:02x}"
 
 
-def wavelength_port(local: str, remote: str, wavelength: int) -> str:
-    return check_ifname(f"{local}_{remote}_w{wavelength}")
+WAVELENGTH_VID_BASE = 100
+VID_MAX = 4094
 
 
-def packet_port(local: str, remote: str) -> str:
-    return check_ifname(f"{local}_{remote}_pk")
+def trunk_port(local: str, remote: str) -> str:
+    """Name of the switch port at ``local`` that carries the span to ``remote``."""
+    return check_ifname(f"{local}_{remote}")
+
+
+def wavelength_vid(wavelength: int) -> int:
+    """802.1Q VLAN id of a wavelength on a trunk.
+
+    >>> wavelength_vid(0), wavelength_vid(7)
+    (100, 107)
+    """
+    vid = WAVELENGTH_VID_BASE + wavelength
+    if not (0 <= wavelength and vid <= VID_MAX):
+        raise ValueError(f"wavelength {wavelength} has no VLAN id (0..{VID_MAX - WAVELENGTH_VID_BASE})")
+    return vid
 
 
 def engine_ifnames(link_number: int) -> tuple[str, str]:

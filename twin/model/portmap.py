@@ -1,4 +1,9 @@
-"""The port map: which OpenFlow port of which switch is which host, span and wavelength.
+"""The port map: which OpenFlow port (and VLAN) of which switch is which host, span and wavelength.
+
+A span end is one trunk port; on it, wavelength ``w`` is the VLAN id listed at
+``vids[w]`` and the packet network is the untagged traffic (see
+:mod:`twin.model.addressing`). The controller takes ports and VLAN ids from
+here, never from a naming rule, so another numbering needs no controller change.
 
 The emulation writes it (it numbers the ports when it builds the network); the
 controller reads it. Keeping it a plain JSON file lets the controller run as its
@@ -14,7 +19,7 @@ from typing import Literal
 
 from twin.errors import TwinError
 
-PortKind = Literal["host", "wavelength", "packet"]
+PortKind = Literal["host", "trunk"]
 
 
 @dataclass(frozen=True)
@@ -22,8 +27,8 @@ class Port:
     number: int
     name: str
     kind: PortKind
-    peer: str | None = None          # remote site, for wavelength and packet ports
-    wavelength: int | None = None    # for wavelength ports
+    peer: str | None = None          # remote site, for trunk ports
+    vids: tuple[int, ...] = ()       # for trunk ports: VLAN id of wavelength 0, 1, ...
     host: str | None = None          # for host ports
     role: int | None = None          # addressing.COMPUTE or USERS, for host ports
     ips: tuple[str, ...] = ()        # host addresses, for host ports
@@ -37,17 +42,27 @@ class SwitchPorts:
     dpid: int
     ports: list[Port] = field(default_factory=list)
 
-    def wavelength_port(self, peer: str, wavelength: int) -> Port:
+    def trunk_port(self, peer: str) -> Port:
+        """The port carrying the span to ``peer`` (all its wavelengths and the packet network)."""
         for port in self.ports:
-            if port.kind == "wavelength" and port.peer == peer and port.wavelength == wavelength:
+            if port.kind == "trunk" and port.peer == peer:
                 return port
-        raise TwinError(f"switch {self.site} has no port for wavelength {wavelength} towards {peer}")
+        raise TwinError(f"switch {self.site} has no trunk port towards {peer}")
+
+    def wavelength_channel(self, peer: str, wavelength: int) -> tuple[int, int]:
+        """(port number, VLAN id) of ``wavelength`` on the span to ``peer``."""
+        port = self.trunk_port(peer)
+        if not 0 <= wavelength < len(port.vids):
+            raise TwinError(f"switch {self.site}: the span to {peer} has no wavelength {wavelength} "
+                            f"(it has {len(port.vids)})")
+        return port.number, port.vids[wavelength]
 
     def packet_port(self, peer: str) -> Port:
-        for port in self.ports:
-            if port.kind == "packet" and port.peer == peer:
-                return port
-        raise TwinError(f"switch {self.site} has no packet-network port towards {peer}")
+        """The port of the packet network's link to ``peer`` (the trunk; its frames are untagged)."""
+        return self.trunk_port(peer)
+
+    def trunk_ports(self) -> list[Port]:
+        return [p for p in self.ports if p.kind == "trunk"]
 
     def host_ports(self) -> list[Port]:
         return [p for p in self.ports if p.kind == "host"]
@@ -78,7 +93,8 @@ class PortMap:
         data = json.loads(text)
         result = cls(data["topology"])
         for site, sw in data["switches"].items():
-            ports = [Port(**{**p, "ips": tuple(p.get("ips", ()))}) for p in sw["ports"]]
+            ports = [Port(**{**p, "ips": tuple(p.get("ips", ())), "vids": tuple(p.get("vids", ()))})
+                     for p in sw["ports"]]
             result.switches[site] = SwitchPorts(sw["site"], sw["index"], sw["dpid"], ports)
         return result
 
@@ -93,8 +109,8 @@ class PortMap:
 def build_port_map(topology) -> PortMap:
     """The port numbering the emulation uses, derived from the topology alone.
 
-    Port 1 compute host, 2 users host, then for each span touching the site (in
-    file order) its wavelengths 0..W-1 and then its packet-network port.
+    Port 1 compute host, 2 users host, then one trunk port per span touching the
+    site (in file order), whose VLAN ids are ``wavelength_vid(0..W-1)``.
     """
     from twin.model import addressing as ad
 
@@ -109,8 +125,6 @@ def build_port_map(topology) -> PortMap:
     for span in topology.spans:
         for local, remote in (span.ends, span.ends[::-1]):
             sw = pm.switches[local]
-            for w in range(span.wavelengths):
-                sw.ports.append(Port(len(sw.ports) + 1, ad.wavelength_port(local, remote, w), "wavelength",
-                                     peer=remote, wavelength=w))
-            sw.ports.append(Port(len(sw.ports) + 1, ad.packet_port(local, remote), "packet", peer=remote))
+            sw.ports.append(Port(len(sw.ports) + 1, ad.trunk_port(local, remote), "trunk", peer=remote,
+                                 vids=tuple(ad.wavelength_vid(w) for w in range(span.wavelengths))))
     return pm
