@@ -30,7 +30,6 @@ EnergyTotals(kwh=0.6, surplus_kwh=0.0, kg_co2=0.3)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -141,43 +140,62 @@ def account_services(placements_by_slot: Sequence[Placement], scenario: Scenario
     if len(placements_by_slot) > n_slots:
         raise TwinError(f"{len(placements_by_slot)} placement slots for a {scenario.duration / 3600:g} h "
                         f"scenario ({n_slots} slots); pass one placement per 30-minute slot")
-    power_of = {sid: utilisation(svc) for sid, svc in services.items()}
-    totals = {sid: EnergyTotals() for sid in services}
+    utilisations = {sid: utilisation(svc) for sid, svc in services.items()}
+    kw_cache: dict[tuple[str, str], float] = {}
+    site_order = {site_id: k for k, site_id in enumerate(sites)}
+    # accumulate plain floats: a year of slots x tens of services must stay fast
+    kwh = dict.fromkeys(services, 0.0)
+    surplus = dict.fromkeys(services, 0.0)
+    grams = dict.fromkeys(services, 0.0)
     for slot, placement in enumerate(placements_by_slot):
         seconds = min(SLOT_SECONDS, scenario.duration - slot * SLOT_SECONDS)
         if seconds <= 0:
             break
-        # power per site, and which services draw it
+        hours = seconds / 3600.0
         per_site: dict[str, list[tuple[str, float]]] = {}
         for service_id, value in placement.items():
-            if service_id not in services:
-                raise TwinError(f"slot {slot}: unknown service {service_id!r}; use one of {', '.join(services)}")
-            svc = services[service_id]
             for site_id in _sites_of(value):
-                if site_id not in sites:
-                    raise TwinError(f"slot {slot}: service {service_id} placed at unknown site {site_id!r}; "
-                                    f"use one of {', '.join(sites)}")
-                kw = service_power_kw(sites[site_id], svc.cpus, power_of[service_id])
+                kw = kw_cache.get((service_id, site_id))
+                if kw is None:
+                    kw = kw_cache[(service_id, site_id)] = _checked_power(service_id, site_id, slot, services,
+                                                                          sites, utilisations)
                 per_site.setdefault(site_id, []).append((service_id, kw))
+            if not value and service_id not in services:
+                raise TwinError(f"slot {slot}: unknown service {service_id!r}; use one of {', '.join(services)}")
         used_mw_by_area: dict[str, float] = {}
-        for site_id in sites:            # topology order: deterministic sharing of an area's surplus
-            if site_id not in per_site:
-                continue
-            if site_id not in signals:
+        # topology order: a deterministic sharing of an area's surplus between its sites
+        for site_id in sorted(per_site, key=site_order.__getitem__):
+            series = signals.get(site_id)
+            if series is None:
                 raise TwinError(f"site {site_id} has no power signal; load signals for every site")
             site = sites[site_id]
-            signal = signals[site_id].at(slot * SLOT_SECONDS)
+            slots = series.slots
+            signal = slots[slot] if slot < len(slots) else series.at(slot * SLOT_SECONDS)
             area = site.area.lower()
             used_mw = used_mw_by_area.get(area, 0.0)
-            if used_mw:
-                signal = dataclasses.replace(signal, surplus_mw=max(0.0, signal.surplus_mw - used_mw))
             site_kw = sum(kw for _, kw in per_site[site_id])
-            site_totals = account_interval(site, site_kw, seconds, signal)
-            used_mw_by_area[area] = used_mw + site_totals.surplus_kwh / (seconds / 3600.0) / 1000.0
+            site_kwh = site_kw * hours
+            site_surplus = min(site_kwh, max(0.0, signal.surplus_mw - used_mw) * 1000.0 * hours)
+            used_mw_by_area[area] = used_mw + site_surplus / hours / 1000.0
+            site_grams = (site_surplus * signal.surplus_carbon_g_per_kwh
+                          + (site_kwh - site_surplus) * signal.carbon_g_per_kwh)
             for service_id, kw in per_site[site_id]:
                 share = kw / site_kw if site_kw > 0 else 0.0
-                totals[service_id] = totals[service_id] + site_totals.scaled(share)
-    return totals
+                kwh[service_id] += site_kwh * share
+                surplus[service_id] += site_surplus * share
+                grams[service_id] += site_grams * share
+    return {sid: EnergyTotals(kwh[sid], surplus[sid], grams[sid] / 1000.0) for sid in services}
+
+
+def _checked_power(service_id: str, site_id: str, slot: int, services: dict[str, Service],
+                   sites: dict[str, Site], utilisations: dict[str, float]) -> float:
+    if service_id not in services:
+        raise TwinError(f"slot {slot}: unknown service {service_id!r}; use one of {', '.join(services)}")
+    if site_id not in sites:
+        raise TwinError(f"slot {slot}: service {service_id} placed at unknown site {site_id!r}; "
+                        f"use one of {', '.join(sites)}")
+    svc = services[service_id]
+    return service_power_kw(sites[site_id], svc.cpus, utilisations[service_id])
 
 
 def account_placements(placements_by_slot: Sequence[Placement], scenario: Scenario, topology: Topology,
