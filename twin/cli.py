@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from twin import __version__
@@ -110,6 +111,49 @@ def cmd_up(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if args.model_only:
+        from twin.experiment.model_run import run_model_only
+
+        summary = run_model_only(args.scenario, out, progress=not args.quiet, seed=args.seed,
+                                 overwrite=args.force)
+        if not args.no_report:
+            from twin.experiment.report import build_report
+
+            build_report(out)
+    else:
+        from twin.experiment.emulated_run import run_emulated
+
+        summary = run_emulated(args.scenario, out, strategy=args.strategy, link_backend=args.link_backend,
+                               time_compression=args.time_compression, progress=not args.quiet,
+                               overwrite=args.force, build_report=not args.no_report)
+    print(format_run_summary(summary, out))
+    return 0
+
+
+def format_run_summary(summary: dict, out: Path) -> str:
+    """A few lines a user reads first: per service SLO and migrations, energy against static and oracle."""
+    lines = [f"run directory: {out}" + ("" if not (out / "report.html").exists() else f" (report: {out / 'report.html'})")]
+    for sid, s in summary.get("services", {}).items():
+        slo = s.get("slo", {})
+        lines.append(f"  {sid}: {s.get('requests', 0)} requests, {s.get('failed', 0)} failed, "
+                     f"p99 {_ms(s.get('p99_ms'))}, p99.9 {_ms(s.get('p999_ms'))}, "
+                     f"SLO {slo.get('latency_ms')} ms @p{slo.get('percentile')} "
+                     f"{'met' if s.get('slo_met') else 'MISSED'}, {s.get('migrations', 0)} migrations")
+    energy = summary.get("energy", {})
+    for name in ("policy", "static", "oracle"):
+        e = energy.get(name)
+        if e:
+            lines.append(f"  energy {name:>6}: {e['kwh']:.2f} kWh, {e['surplus_kwh']:.2f} kWh from surplus, "
+                         f"{e['kg_co2']:.2f} kg CO2")
+    return "\n".join(lines)
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from twin.experiment.report import build_report
 
@@ -163,6 +207,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance-us", type=float, default=300.0,
                    help="allowed |median measured - model - emulator overhead| one way, us (default 300)")
     p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("run", help="run a scenario end to end and write a run directory (root, or --model-only)")
+    p.add_argument("scenario", metavar="SCENARIO")
+    p.add_argument("--out", metavar="DIR", help="run directory to write (default: runs/<date-time>)")
+    p.add_argument("--model-only", action="store_true",
+                   help="no emulation, no root: the model's latencies and service times, faster than real time")
+    p.add_argument("--strategy", choices=("make-before-break", "cold"), default="make-before-break",
+                   help="migration strategy (default make-before-break)")
+    p.add_argument("--link-backend", choices=("auto", "netem", "userspace"), default="auto",
+                   help="link delay backend (default auto: netem when the kernel has it)")
+    p.add_argument("--time-compression", type=float, metavar="X",
+                   help="scenario seconds per wall second (default: the scenario's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the model's random draws (--model-only)")
+    p.add_argument("--force", action="store_true", help="overwrite a run directory that holds a run")
+    p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="rebuild plots/ and report.html of a run directory")
     p.add_argument("run_dir", metavar="DIR", help="folder written by twin run")

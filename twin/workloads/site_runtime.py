@@ -348,3 +348,50 @@ class EmulatedRuntime:
                         log.warning("stopping %s: %s", instance.name, err)
                     state.instances.pop(instance.site, None)
         await asyncio.to_thread(stop_all)
+
+
+class PodmanLauncher:
+    """Instances as podman containers joined to the site's compute-host namespace.
+
+    Each container has its own PID, mount and UTS namespaces, the service's CPU
+    and memory limits, a read-only root with a writable /state, and serves the
+    image's copy of the project (built from this checkout by scripts/build-image.sh).
+    """
+
+    def __init__(self, containers, image: str):
+        self.containers = containers  # twin.workloads.containers.ContainerRuntime
+        self.image = image
+
+    @staticmethod
+    def short_name(service: str, site: str) -> str:
+        return f"s-{service}-{site}"
+
+    def start(self, *, name: str, service: Service, site: str, netns_pid: int, server_args: list[str]) -> object:
+        from twin.workloads.containers import ContainerSpec
+        from twin.workloads.image import MODELS_IN_IMAGE, VENV_IN_IMAGE
+
+        spec = ContainerSpec(
+            name=self.short_name(service.id, site), image=self.image,
+            command=(f"{VENV_IN_IMAGE}/bin/python", "-m", "twin.workloads.server", *server_args,
+                     "--models-dir", MODELS_IN_IMAGE),
+            netns_pid=netns_pid, cpus=service.cpus, memory_bytes=int(service.memory),
+            state_bytes=max(4096, int(service.state_size) * 2 + (16 << 20)),
+            labels={"twin-service": service.id, "twin-site": site}, stop_grace_s=5.0)
+        container = self.containers.run(spec, ready_url=f"http://127.0.0.1:{SERVICE_PORT}/readyz", timeout_s=60.0)
+        return container.name
+
+    def stop(self, handle: object, *, grace_s: float = 10.0) -> None:
+        name = str(handle)
+        try:
+            self.containers.stop(name, grace_s=grace_s)
+        finally:
+            self.containers.remove(name)
+
+    def alive(self, handle: object) -> bool:
+        try:
+            return self.containers.state(str(handle)) == "running"
+        except Exception:  # gone, or podman could not tell: not serving
+            return False
+
+    def describe(self) -> str:
+        return self.containers.describe()
