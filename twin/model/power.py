@@ -21,6 +21,31 @@ elsewhere or earlier, whose fuel the file does not say. ``renewable_share`` is
 the curtailed solar + wind output (出力制御量) of the slot; the surplus carries the
 lifecycle intensity of the curtailed mix (``surplus_carbon_g_per_kwh``).
 
+Built-in profiles: one sunny spring weekday (late April) per area, simulated
+from a handful of area figures by :func:`simulate_day` (parameters, resulting
+figures and every assumption in ``docs/power.md``):
+
+======================  ==========================================================
+profile                 what drives it, and where its figures come from
+======================  ==========================================================
+hokkaido-night-wind     wind surplus 23:00-06:30 on a windy night (the scenario's
+                        premise; wind capacity is an estimate including projects
+                        under way); no nuclear (Tomari offline)
+tohoku-spring-wind      snowmelt hydro, wind and solar; midday curtailment (FY2024
+                        outlook 2.5 %, facts.md); Onagawa 2 on line (825 MW)
+tokyo-spring-grid       LNG-heavy thermal, no nuclear on line; no surplus
+chubu-spring-solar      much solar, no nuclear; a small midday curtailment
+hokuriku-spring-grid    snowmelt hydro and coal, surplus exported; no surplus
+kansai-spring-grid      five of seven reactors on line (assumption), large pumped
+                        storage takes the midday solar; no surplus
+chugoku-spring-solar    solar and coal; midday curtailment (outlook 5.8 %)
+shikoku-spring-solar    solar and Ikata 3 (890 MW); midday curtailment (4.5 %)
+kyushu-spring-solar     four reactors (4.14 GW) and 12.5 GW of solar; curtails
+                        09:00-16:00, 14.8 GWh/day (FY2023: 8.3 %, 1.29 TWh; first
+                        curtailment 2018-10-13, 9:00-16:00 window; facts.md)
+okinawa-spring-grid     islanded coal, LNG and oil; the highest intensity
+======================  ==========================================================
+
 Full documentation, sources and the profiles' assumptions: ``docs/power.md``.
 """
 
@@ -370,8 +395,8 @@ def _m(area, lon, demand, nuclear, hydro, geo, bio, other, solar, wind, wind_sha
 # Kyushu anchor: on 2018-10-13, the first curtailment, Kyushu forecast 8.28 GW of
 # midday demand against 12.93 GW of supply, with four reactors (4.14 GW) on line
 # (Asahi Shimbun, 2018-10-13); solar has roughly doubled since. FY2023
-# curtailment was 1.29 TWh (facts.md): about 13 GWh on each of ~100 curtailment
-# days, which is what this profile's sunny day produces.
+# curtailment was 1.29 TWh (facts.md): 13 GWh on each of ~100 curtailment days;
+# this profile's sunny day curtails 14.8 GWh (tests check 6.5-21.5).
 #
 #  area      lon   demand  nucl  hydro geo bio  oth  solar  wind  shape    tmin  pump  export coal lng  price
 _PROFILES = (
