@@ -282,3 +282,22 @@ def test_oracle_policy_replays_the_plan():
         [d] = oracle.decide(inp({s: sig(0) for s in SITES}, [svc], {"svc": site}, t=k * 1800.0))
         site = d.to_site
         assert site == plan.sites["svc"][k]
+
+
+def test_one_and_many_service_dp_agree():
+    from twin.model.policies import _dp_many, _dp_one
+    rng = np.random.default_rng(11)
+    costs = rng.uniform(0, 1, (3, 200, 4))
+    allowed = rng.random((3, 200, 4)) > 0.3
+    allowed[:, 50] = False   # a slot where nothing is allowed
+    costs = np.where(allowed, costs, np.inf)
+    initial, moves = np.array([0, 1, 2]), np.array([0.1, 0.5, 2.0])
+    many = _dp_many(costs, allowed, initial, moves)
+    counted = np.where(np.isinf(costs), 0.0, costs)   # the stuck slot counts nothing
+    for v in range(3):
+        one = _dp_one(costs[v], allowed[v], int(initial[v]), float(moves[v]))
+        cost_one = placement_cost(counted[v], one, initial[v], moves[v])
+        assert np.isfinite(cost_one)
+        assert all(allowed[v, k, site] for k, site in enumerate(one) if k != 50)
+        assert cost_one == pytest.approx(placement_cost(counted[v], many[v].tolist(), initial[v], moves[v]))
+        assert one[50] == one[49]    # stuck: stays
