@@ -11,7 +11,8 @@
 #     cached as a tarball under /var/cache/twin, the wheels in
 #     /var/cache/twin/wheels, so a base rebuild takes seconds after the first.
 #  2. the image: base + the wheel built from this checkout (pip wheel --no-deps)
-#     + the ONNX models (python -m twin.workloads.models --build), via
+#     + the ONNX models (python -m twin.workloads.models --build) in
+#     /var/lib/twin/models, where the server looks when it runs as root, via
 #     `podman build`, so a code change adds only a small layer.
 # An unchanged tree finds its image and exits in well under a second. Old tags
 # of both are removed (podman keeps any still used by a container).
@@ -161,7 +162,7 @@ done
 
 MODELS_STEP=""
 if [ -f "${REPO_ROOT}/twin/workloads/models.py" ]; then
-    MODELS_STEP="RUN python -m twin.workloads.models --build /opt/twin/models"
+    MODELS_STEP="RUN python -m twin.workloads.models --build /var/lib/twin/models"
 else
     log "twin/workloads/models.py not there yet: image without models"
 fi
@@ -171,7 +172,6 @@ FROM ${BASE_REF}
 COPY *.whl /tmp/
 RUN python -m pip install -q --disable-pip-version-check --no-index --no-deps /tmp/*.whl && rm -f /tmp/*.whl && rm -rf /root/.cache
 ${MODELS_STEP}
-ENV TWIN_MODELS_DIR=/opt/twin/models
 LABEL twin.source-hash=${HASH}
 EOF
 log "code layer: podman build ${REF}"

@@ -6,7 +6,9 @@ and updates it as it goes: the OVS bridges (also tagged in OVSDB with
 process start time from ``/proc/PID/stat``, so a reused PID is never killed),
 and the interfaces it made in the root namespace. Mininet hosts live in
 namespaces held by their shell processes, so ending those processes removes the
-namespaces and every veth with an end inside them.
+namespaces and every veth with an end inside them. Workload containers carry the
+podman label ``twin-run=<run-id>``; their names are recorded before they are
+created, and cleaning removes every container with the run's label.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -59,6 +62,7 @@ class RunRecord:
     bridges: list[str] = field(default_factory=list)
     processes: list[ProcessRecord] = field(default_factory=list)
     interfaces: list[str] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)
     path: Path | None = None
 
     @classmethod
@@ -102,6 +106,10 @@ class RunRecord:
         self.interfaces.append(name)
         self.save()
 
+    def add_container(self, name: str) -> None:
+        self.containers.append(name)
+        self.save()
+
 
 def _ovs(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True)
@@ -118,6 +126,38 @@ def tagged_bridges() -> dict[str, str]:
         if OVS_TAG in mapping:
             result[name] = mapping[OVS_TAG]
     return result
+
+
+def labelled_containers(podman: str = "podman") -> dict[str, str]:
+    """podman container name -> run id, for every container (any state) a twin run labelled.
+
+    Empty where podman is not installed.
+    """
+    if shutil.which(podman) is None:
+        return {}
+    proc = subprocess.run(
+        [podman, "ps", "--all", "--filter", f"label={OVS_TAG}", "--format", "json"],
+        capture_output=True, text=True, timeout=60,
+    )
+    if proc.returncode != 0:
+        log.warning("podman ps failed: %s", proc.stderr.strip())
+        return {}
+    result = {}
+    for entry in json.loads(proc.stdout or "[]"):
+        names = entry.get("Names") or []
+        run_id = (entry.get("Labels") or {}).get(OVS_TAG)
+        if names and run_id:
+            result[names[0]] = run_id
+    return result
+
+
+def remove_containers(names: list[str], podman: str = "podman") -> None:
+    """Force-remove containers by exact name (killing them if they run), with their anonymous volumes."""
+    if names:
+        subprocess.run(
+            [podman, "rm", "--force", "--volumes", "--time", "0", "--ignore", *names],
+            capture_output=True, text=True, timeout=120,
+        )
 
 
 def terminate(processes: list[ProcessRecord], grace_s: float = 3.0, first_signal: int = signal.SIGTERM) -> int:
@@ -143,6 +183,11 @@ def terminate(processes: list[ProcessRecord], grace_s: float = 3.0, first_signal
 def clean_record(record: RunRecord) -> list[str]:
     """Remove everything one record lists; returns what was removed (for the user)."""
     removed = []
+    if record.containers:
+        # By the run's label, not the recorded names: a restore may have named one we never saw.
+        ours = sorted(name for name, run_id in labelled_containers().items() if run_id == record.run_id)
+        remove_containers(ours)
+        removed += [f"container {name}" for name in ours]
     if terminate(record.processes):
         removed.append(f"{len(record.processes)} process(es)")
     bridges = tagged_bridges()
@@ -185,6 +230,10 @@ def clean_all(include_live: bool = False) -> list[str]:
         if run_id not in live_runs:
             _ovs("--if-exists", "del-br", name)
             removed.append(f"bridge {name} (run {run_id}, no record)")
+    # Containers labelled by a run whose record is gone, likewise.
+    orphans = sorted(name for name, run_id in labelled_containers().items() if run_id not in live_runs)
+    remove_containers(orphans)
+    removed += [f"container {name} (no record)" for name in orphans]
     return removed
 
 

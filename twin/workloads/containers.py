@@ -160,7 +160,10 @@ class ContainerSpec:
     def validate(self) -> None:
         """Raises ContainerError naming the first bad field and the fix."""
         validate_name(self.name)
-        validate_ref(self.image)
+        try:
+            validate_ref(self.image)
+        except TwinError as err:
+            raise ContainerError(f"containers: {self.name}: {err}") from None
         if not self.command or not all(isinstance(a, str) and a and "\0" not in a for a in self.command):
             raise ContainerError(f"containers: {self.name}: command must be a non-empty list of non-empty strings")
         if self.netns_pid is not None and (not isinstance(self.netns_pid, int) or self.netns_pid <= 0):
@@ -305,7 +308,7 @@ def _read_int(path: Path) -> int | None:
     return None if text in ("max", "-1") else int(text)
 
 
-def read_limits(pid: int, cgroup_root: Path = Path("/sys/fs/cgroup")) -> AppliedLimits:
+def read_limits(pid: int, cgroup_root: Path = Path("/sys/fs/cgroup"), proc_root: Path = Path("/proc")) -> AppliedLimits:
     """Read CPU quota, memory and pids limits of the cgroup(s) process ``pid`` is in.
 
     Uses the v1 controller hierarchies where they are mounted (cpu, memory, pids),
@@ -313,7 +316,7 @@ def read_limits(pid: int, cgroup_root: Path = Path("/sys/fs/cgroup")) -> Applied
     """
     v1: dict[str, str] = {}
     v2_path = None
-    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+    for line in (proc_root / str(pid) / "cgroup").read_text().splitlines():
         hier, controllers, path = line.split(":", 2)
         if hier == "0":
             v2_path = path

@@ -32,7 +32,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_REPOSITORY = "localhost/twin-workload"
 BASE_REPOSITORY = "localhost/twin-workload-base"
 VENV_IN_IMAGE = "/opt/twin/venv"
-MODELS_IN_IMAGE = "/opt/twin/models"
+#: Where the server looks for models when it runs as root (twin.workloads.models.default_models_dir).
+MODELS_IN_IMAGE = "/var/lib/twin/models"
 #: Debian suite and packages debootstrap puts in the base (minbase variant).
 BASE_SUITE = "bookworm"
 BASE_PACKAGES = ("python3", "python3-venv")
