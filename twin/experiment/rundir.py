@@ -87,6 +87,9 @@ def _clean(value: Any) -> Any:
     return value
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=_json_default)  # one encoder, not one per line
+
+
 def write_json(path: Path, doc: dict) -> None:
     """Write a JSON document atomically (temporary file, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -194,13 +197,13 @@ class RunDirWriter:
 
     def events(self, records: Iterable[dict]) -> None:
         """Many events at once, each a dict with at least ``t`` and ``kind`` (fast path for the model)."""
-        dumps = json.dumps
+        dumps = _ENCODER.encode
         lines = []
         for record in records:
             if record.get("kind") not in EVENT_KINDS:
                 raise TwinError(f"events.jsonl: unknown kind {record.get('kind')!r}; "
                                 f"use one of {', '.join(EVENT_KINDS)}")
-            lines.append(dumps(record, ensure_ascii=False, default=_json_default))
+            lines.append(dumps(record))
         if lines:
             self._events.write("\n".join(lines) + "\n")
 

@@ -171,25 +171,23 @@ def _mw(value: float) -> str:
 
 
 class _Usage:
-    """CPUs and memory in use per site while services are decided one after another."""
+    """CPUs and memory still free per site while services are decided one after another."""
 
     def __init__(self, inp: DecisionInput, by_id: Mapping[str, Service]):
-        self.capacity = inp.capacity
-        self.cpus = {site: 0.0 for site in inp.capacity}
-        self.memory = {site: 0.0 for site in inp.capacity}
+        # Free capacity plus the float slack, so "fits" is one comparison per resource.
+        self.cpus = {site: cpus + _CAPACITY_SLACK for site, (cpus, _) in inp.capacity.items()}
+        self.memory = {site: memory + _CAPACITY_SLACK for site, (_, memory) in inp.capacity.items()}
         for service_id, site in inp.placements.items():
             service = by_id.get(service_id)
             if service is not None and site in self.cpus:
                 self.add(service, site)
 
     def add(self, service: Service, site: str, sign: float = 1.0) -> None:
-        self.cpus[site] += sign * service.cpus
-        self.memory[site] += sign * service.memory
+        self.cpus[site] -= sign * service.cpus
+        self.memory[site] -= sign * service.memory
 
     def fits(self, service: Service, site: str) -> bool:
-        cpus, memory = self.capacity[site]
-        return (self.cpus[site] + service.cpus <= cpus + _CAPACITY_SLACK
-                and self.memory[site] + service.memory <= memory + _CAPACITY_SLACK)
+        return self.cpus[site] >= service.cpus and self.memory[site] >= service.memory
 
 
 # --------------------------------------------------------------------------- policies
@@ -222,7 +220,10 @@ class Policy:
             allowed = allowed_cache.get(feasible)
             if allowed is None:
                 allowed = allowed_cache[feasible] = [s for s in sites if s in feasible and s not in down_sites]
-            candidates = [s for s in allowed if s == current or usage.fits(service, s)]
+            need_cpus, need_memory = service.cpus, service.memory
+            free_cpus, free_memory = usage.cpus, usage.memory
+            candidates = [s for s in allowed
+                          if s == current or (free_cpus[s] >= need_cpus and free_memory[s] >= need_memory)]
             scores = self._scores(service, allowed, inp)
             down = current in inp.down_sites
             infeasible = current not in feasible
