@@ -644,7 +644,8 @@ class ServerProcess:
         # stderr goes to a file, not a pipe: nobody reads it while the server runs,
         # and a full pipe would block the server mid-request.
         self.stderr_file = tempfile.TemporaryFile(mode="w+")
-        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.stderr_file, text=True)
+        self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=self.stderr_file)
+        self._out = b""
         deadline = time.monotonic() + self.ready_timeout_s
         try:
             while True:
@@ -659,17 +660,23 @@ class ServerProcess:
             raise
 
     def _readline(self, deadline: float) -> str:
+        # Raw reads and our own line buffer: a buffered text reader could swallow
+        # both announcements in one read and leave select() waiting for nothing.
         import selectors
 
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            if not sel.select(max(0.0, deadline - time.monotonic())):
-                raise ServerError(f"server did not become ready within {self.ready_timeout_s} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            err = self.stderr_text().strip().splitlines()
-            raise ServerError(f"server exited with {self.proc.wait()}: {err[-1] if err else 'no message'}")
-        return line
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._out:
+            with selectors.DefaultSelector() as sel:
+                sel.register(fd, selectors.EVENT_READ)
+                if not sel.select(max(0.0, deadline - time.monotonic())):
+                    raise ServerError(f"server did not become ready within {self.ready_timeout_s} s")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                err = self.stderr_text().strip().splitlines()
+                raise ServerError(f"server exited with {self.proc.wait()}: {err[-1] if err else 'no message'}")
+            self._out += chunk
+        line, _, self._out = self._out.partition(b"\n")
+        return line.decode()
 
     def stop(self, timeout_s: float = 10.0) -> int | None:
         """SIGTERM and wait; SIGKILL after ``timeout_s``. Returns the exit code."""
