@@ -151,13 +151,30 @@ def labelled_containers(podman: str = "podman") -> dict[str, str]:
     return result
 
 
-def remove_containers(names: list[str], podman: str = "podman") -> None:
-    """Force-remove containers by exact name (killing them if they run), with their anonymous volumes."""
-    if names:
-        subprocess.run(
-            [podman, "rm", "--force", "--volumes", "--time", "0", "--ignore", *names],
+def remove_containers(names: list[str], podman: str = "podman", attempts: int = 3) -> list[str]:
+    """Force-remove containers by exact name (killing them if they run), with their anonymous volumes.
+
+    Returns the names still there afterwards. Retried because when a container's
+    conmon was killed, the first ``rm --force`` only notices that the container
+    stopped ("container state improper") and the next one removes it.
+    """
+    left = list(names)
+    for _ in range(attempts):
+        if not left:
+            break
+        proc = subprocess.run(
+            [podman, "rm", "--force", "--volumes", "--time", "0", "--ignore", *left],
             capture_output=True, text=True, timeout=120,
         )
+        if proc.returncode == 0:
+            return []
+        present = subprocess.run(
+            [podman, "ps", "--all", "--format", "{{.Names}}"], capture_output=True, text=True, timeout=60
+        ).stdout.split()
+        left = [name for name in left if name in present]
+    if left:
+        log.warning("could not remove containers %s", ", ".join(left))
+    return left
 
 
 def terminate(processes: list[ProcessRecord], grace_s: float = 3.0, first_signal: int = signal.SIGTERM) -> int:
@@ -199,7 +216,7 @@ def clean_record(record: RunRecord) -> list[str]:
         if Path(f"/sys/class/net/{name}").exists():
             subprocess.run(["ip", "link", "del", "dev", name], capture_output=True)
             removed.append(f"interface {name}")
-    if record.path is not None:
+    if record.path is not None and record.directory.is_dir():
         for child in sorted(record.directory.iterdir(), reverse=True):
             if child.is_file():
                 child.unlink()

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from twin.emulation.records import remove_containers
 from twin.errors import TwinError
 from twin.workloads.image import validate_ref
 
@@ -582,7 +583,9 @@ class ContainerRuntime:
     def remove(self, name: str) -> None:
         """Remove (killing it if it runs) with its anonymous volumes; no error if already gone."""
         name = self._known(name)
-        self._podman("rm", "--force", "--volumes", "--time", "0", "--ignore", name)
+        left = remove_containers([name], podman=self.podman)
+        if left:
+            raise ContainerError(f"containers: podman rm {name} failed; fix: podman rm --force {name}")
         self.containers.pop(name, None)
 
     def list_run(self) -> list[str]:
@@ -657,13 +660,9 @@ def list_run_containers(run_id: str, podman: str = "podman") -> list[str]:
 def remove_run_containers(run_id: str, podman: str = "podman") -> list[str]:
     """Force-remove all containers labelled with ``run_id`` (never by name pattern)."""
     names = list_run_containers(run_id, podman)
-    if names:
-        subprocess.run(
-            [podman, "rm", "--force", "--volumes", "--time", "0", "--ignore", *names],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+    left = remove_containers(names, podman=podman)
+    if left:
+        raise ContainerError(f"containers: could not remove {', '.join(left)}; fix: podman rm --force NAME")
     return names
 
 
