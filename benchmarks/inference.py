@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-results/inference.json")
     args = parser.parse_args(argv)
 
+    load_before = os.getloadavg()
     rng = np.random.default_rng(0)
     capacity = []
     with tempfile.TemporaryDirectory(prefix="twin-bench-models-") as models_dir:
@@ -142,11 +143,14 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"capacity": capacity, "loadgen": overhead, "seconds": args.seconds,
               "python": platform.python_version(), "host": socket.gethostname(),
-              "cpus": os.cpu_count(), "recorded_unix": round(time.time())}
+              "cpus": os.cpu_count(), "recorded_unix": round(time.time()),
+              # Other processes on the same 2 cores change every figure here: say how busy it was.
+              "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2)}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print(f"\nload average (1 min) before/after: {result['loadavg_1min_before']} / {result['loadavg_1min_after']}"
+          f" on {os.cpu_count()} CPUs\nwrote {out}")
     return 0
 
 

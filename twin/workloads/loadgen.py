@@ -178,6 +178,9 @@ class _Exchange(asyncio.Protocol):
         self.payload = payload
         self.t0 = t0
         self.answer: asyncio.Future = loop.create_future()
+        # A request that timed out before its connection existed never awaits the
+        # answer; read its outcome here so asyncio does not warn about it.
+        self.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
         self.closed: asyncio.Future = loop.create_future()
         self.buf = bytearray()
         self.need = -1
