@@ -215,3 +215,28 @@ async def test_sigterm_stops_the_daemon_between_steps(make_scenario_service):
     finally:
         daemon.remove_signal_handlers()
     assert result.stopped_early and 1 <= result.decisions < 10
+
+
+class SlowClock(InstantClock):
+    """Each migration costs three intervals of scenario time."""
+
+    def __init__(self, runtime: "FakeRuntime"):
+        super().__init__()
+        self.runtime = runtime
+
+    def now(self) -> float:
+        moves = sum(1 for c in self.runtime.calls if c == ("migrate",))
+        return self.t + moves * 3 * 1800.0
+
+
+async def test_a_slow_step_skips_stale_decisions(make_scenario_service):
+    services = make_services(make_scenario_service)
+    runtime = FakeRuntime({"svc1": "a"})
+    clock = SlowClock(runtime)
+    daemon, emitted = build(services, ScriptedPolicy({0.0: {"svc1": "b"}}), runtime, duration=10 * 1800.0,
+                            clock=clock)
+    result = await daemon.run()
+    decided_at = [e["t"] for e in emitted if e["kind"] == "decision"]
+    assert 1800.0 not in decided_at and 3600.0 not in decided_at  # skipped, not replayed late
+    assert result.skipped_steps >= 2
+    assert any("skipped" in e.get("message", "") for e in emitted)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import platform
 import signal
 import time
@@ -75,7 +76,8 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
     compression = time_compression or scenario.time_compression
     signals = load_signals(scenario, scenario_path.parent, topology)
     model = simulate(scenario, topology, signals)
-    image = require_image()
+    # TWIN_IMAGE pins another built image (e.g. while editing code that the workload does not run).
+    image = os.environ.get("TWIN_IMAGE") or require_image()
     writer = RunDirWriter(out_dir, overwrite=overwrite)
     run_dir = writer.path
     events: list[dict] = []

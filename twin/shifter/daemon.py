@@ -159,6 +159,15 @@ class ShiftingDaemon:
                 self.result.stopped_early = True
                 break
             t += self.interval_s
+            # A step that took longer than an interval (a slow migration) must not make the
+            # daemon replay stale decisions: jump to the slot the scenario is in now.
+            behind = int((self.clock.now() - t) // self.interval_s)
+            if behind > 0:
+                self.result.skipped_steps += behind
+                self.emit({"t": t, "kind": "warning",
+                           "message": f"{behind} decision(s) from t={t:.0f}s skipped: the previous step "
+                                      f"took longer than the {self.interval_s:.0f}s interval"})
+                t += behind * self.interval_s
         return self.result
 
     # -- one decision ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 from twin.emulation.network import in_host
 from twin.model import addressing as ad
 from twin.model.schema import Scenario
+from twin.workloads.site_runtime import service_port
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,11 @@ class Generator:
 class LoadFleet:
     """Start/stop the load generators of a scenario on a running TwinSession."""
 
-    def __init__(self, session, scenario: Scenario, out_dir: Path, *, port: int = 8080,
+    def __init__(self, session, scenario: Scenario, out_dir: Path, *,
                  rate_scale: float = 1.0, timeout_s: float = 5.0, python: str = sys.executable, seed: int = 0):
         self.session = session
         self.scenario = scenario
         self.out_dir = Path(out_dir)
-        self.port = port
         self.rate_scale = rate_scale
         self.timeout_s = timeout_s
         self.python = python
@@ -57,7 +57,7 @@ class LoadFleet:
                 out = self.out_dir / f"{service.id}.{demand.region}.csv"
                 pid = self.session.network.host_pid(ad.host_name(demand.region, ad.USERS))
                 args = [self.python, "-m", "twin.workloads.loadgen",
-                        "--target", f"{ad.vip(index)}:{self.port}", "--rate", f"{demand.rate * self.rate_scale:g}",
+                        "--target", f"{ad.vip(index)}:{service_port(index)}", "--rate", f"{demand.rate * self.rate_scale:g}",
                         "--duration", f"{duration_s:g}", "--request-size", str(int(service.request_size)),
                         "--response-size", str(int(service.response_size)), "--region", demand.region,
                         "--service", service.id, "--out", str(out), "--timeout", f"{self.timeout_s:g}",

@@ -38,13 +38,20 @@ from typing import Protocol
 
 from twin.emulation.controller import ControllerError
 from twin.emulation.network import in_host
+from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.model.schema import Scenario, Service
 from twin.shifter.interfaces import ControllerUnavailable, MigrationFailed, MigrationOutcome
 
 log = logging.getLogger(__name__)
 
-SERVICE_PORT = 8080
+SERVICE_PORT_BASE = 8000
+
+
+def service_port(index: int) -> int:
+    """TCP port of service ``index`` (1-based, scenario order): services sharing a site's
+    compute host (one network namespace) each need their own."""
+    return SERVICE_PORT_BASE + index
 STRATEGIES = ("make-before-break", "cold")
 
 
@@ -84,6 +91,10 @@ class ServiceState:
     def vip(self) -> str:
         return ad.vip(self.index)
 
+    @property
+    def port(self) -> int:
+        return service_port(self.index)
+
 
 class EmulatedRuntime:
     """The daemon's :class:`twin.shifter.interfaces.Runtime` on a running TwinSession."""
@@ -112,9 +123,9 @@ class EmulatedRuntime:
         return subprocess.run(in_host(self._host_pid(site), args), capture_output=True, text=True,
                               timeout=timeout_s)
 
-    def _netcall(self, site: str, method: str, path: str, *, until: int | None = None,
+    def _netcall(self, site: str, port: int, method: str, path: str, *, until: int | None = None,
                  within_s: float = 30.0, timeout_s: float = 30.0) -> dict:
-        args = [self.python, "-m", "twin.workloads.netcall", method, f"http://127.0.0.1:{SERVICE_PORT}{path}",
+        args = [self.python, "-m", "twin.workloads.netcall", method, f"http://127.0.0.1:{port}{path}",
                 "--timeout", str(timeout_s)]
         if until is not None:
             args += ["--until", str(until), "--within", str(within_s)]
@@ -133,10 +144,14 @@ class EmulatedRuntime:
             raise
 
     def _set_vip_address(self, site: str, vip: str, present: bool) -> None:
-        action = "replace" if present else "del"
-        proc = self._in_site(site, ["ip", "addr", action, f"{vip}/32", "dev", "lo"], timeout_s=10)
-        if present and proc.returncode != 0:
-            raise MigrationFailed(f"could not add VIP {vip} at {site}: {proc.stderr.strip()}")
+        from twin.emulation.vip import add_vip, remove_vip
+
+        try:
+            (add_vip if present else remove_vip)(self.session.network, site, vip)
+        except TwinError as err:
+            if present:
+                raise MigrationFailed(f"could not add VIP {vip} at {site}: {err}") from None
+            log.warning("removing VIP %s at %s: %s", vip, site, err)
 
     def _ensure_lightpath(self, a: str, b: str) -> None:
         if a == b:
@@ -153,7 +168,7 @@ class EmulatedRuntime:
 
     def _server_args(self, state: ServiceState, site: str) -> list[str]:
         s = state.service
-        return ["--service", s.id, "--model", s.model, "--site", site, "--port", str(SERVICE_PORT),
+        return ["--service", s.id, "--model", s.model, "--site", site, "--port", str(state.port),
                 "--state-size", str(int(s.state_size))]
 
     def _start_instance(self, state: ServiceState, site: str) -> Instance:
@@ -165,7 +180,7 @@ class EmulatedRuntime:
         handle = self.launcher.start(name=name, service=state.service, site=site,
                                      netns_pid=self._host_pid(site), server_args=self._server_args(state, site))
         instance = Instance(state.service.id, site, name, handle, time.time())
-        ready = self._netcall(site, "GET", "/readyz", until=200, within_s=self.ready_timeout_s, timeout_s=5)
+        ready = self._netcall(site, state.port, "GET", "/readyz", until=200, within_s=self.ready_timeout_s, timeout_s=5)
         if ready.get("status") != 200:
             self._stop_instance(state, instance)
             raise MigrationFailed(f"{state.service.id} at {site} not ready within {self.ready_timeout_s:.0f}s: "
@@ -185,8 +200,8 @@ class EmulatedRuntime:
         self._ensure_lightpath(src, dst)
         src_ip = self.session.network.host_ip(src, ad.COMPUTE)
         proc = self._in_site(dst, [self.python, "-m", "twin.workloads.transfer",
-                                   "--src", f"http://{src_ip}:{SERVICE_PORT}/state",
-                                   "--dst", f"http://127.0.0.1:{SERVICE_PORT}/state"], timeout_s=600)
+                                   "--src", f"http://{src_ip}:{state.port}/state",
+                                   "--dst", f"http://127.0.0.1:{state.port}/state"], timeout_s=600)
         try:
             result = json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -197,7 +212,9 @@ class EmulatedRuntime:
 
     def _point(self, state: ServiceState, site: str) -> None:
         client = self.session.client
-        self._controller("steer", lambda: client.set_service_site(state.vip, site))
+        # force: the lightpaths from every demand region were made by _start_instance;
+        # users of other regions are not this service's clients.
+        self._controller("steer", lambda: client.set_service_site(state.vip, site, force=True))
         state.serving = site
 
     def _drained(self, state: ServiceState, site: str) -> None:
@@ -275,7 +292,7 @@ class EmulatedRuntime:
             raise
         # From here dst serves new connections; src only finishes what it has.
         t3 = time.monotonic()
-        drained = self._netcall(src, "POST", "/drain", timeout_s=60)
+        drained = self._netcall(src, state.port, "POST", "/drain", timeout_s=60)
         phases["drain_s"] = time.monotonic() - t3
         try:
             self._drained(state, src)
@@ -297,13 +314,13 @@ class EmulatedRuntime:
         phases: dict[str, float] = {}
         t0 = time.monotonic()
         outcome = MigrationOutcome(state.service.id, src, dst, "cold", False)
-        self._netcall(src, "POST", "/drain", timeout_s=60)  # from here clients are refused
+        self._netcall(src, state.port, "POST", "/drain", timeout_s=60)  # from here clients are refused
         phases["drain_s"] = time.monotonic() - t0
         t1 = time.monotonic()
         try:
             dst_instance = self._start_instance(state, dst)
         except BaseException:
-            self._netcall(src, "POST", "/undrain")  # best effort: the server may not support it
+            self._netcall(src, state.port, "POST", "/undrain")  # best effort: the server may not support it
             raise
         phases["start_s"] = time.monotonic() - t1
         try:
@@ -370,6 +387,7 @@ class PodmanLauncher:
         from twin.workloads.containers import ContainerSpec
         from twin.workloads.image import MODELS_IN_IMAGE, VENV_IN_IMAGE
 
+        port = server_args[server_args.index("--port") + 1]
         spec = ContainerSpec(
             name=self.short_name(service.id, site), image=self.image,
             command=(f"{VENV_IN_IMAGE}/bin/python", "-m", "twin.workloads.server", *server_args,
@@ -377,7 +395,7 @@ class PodmanLauncher:
             netns_pid=netns_pid, cpus=service.cpus, memory_bytes=int(service.memory),
             state_bytes=max(4096, int(service.state_size) * 2 + (16 << 20)),
             labels={"twin-service": service.id, "twin-site": site}, stop_grace_s=5.0)
-        container = self.containers.run(spec, ready_url=f"http://127.0.0.1:{SERVICE_PORT}/readyz", timeout_s=60.0)
+        container = self.containers.run(spec, ready_url=f"http://127.0.0.1:{port}/readyz", timeout_s=60.0)
         return container.name
 
     def stop(self, handle: object, *, grace_s: float = 10.0) -> None:
