@@ -177,8 +177,15 @@ class EmulatedRuntime:
             self._ensure_lightpath(demand.region, site)
         self._set_vip_address(site, state.vip, True)
         name = f"tw-{self.run_id}-{state.service.id}-{site}"
-        handle = self.launcher.start(name=name, service=state.service, site=site,
-                                     netns_pid=self._host_pid(site), server_args=self._server_args(state, site))
+        try:
+            handle = self.launcher.start(name=name, service=state.service, site=site,
+                                         netns_pid=self._host_pid(site), server_args=self._server_args(state, site))
+        except BaseException as err:
+            if state.serving != site:
+                self._set_vip_address(site, state.vip, False)
+            if isinstance(err, TwinError) and not isinstance(err, ControllerUnavailable):
+                raise MigrationFailed(f"{state.service.id} could not start at {site}: {err}") from None
+            raise
         instance = Instance(state.service.id, site, name, handle, time.time())
         ready = self._netcall(site, state.port, "GET", "/readyz", until=200, within_s=self.ready_timeout_s, timeout_s=5)
         if ready.get("status") != 200:
@@ -266,9 +273,15 @@ class EmulatedRuntime:
             state = self.services[service]
             if state.serving != src or src not in state.instances:
                 raise MigrationFailed(f"{service} is not serving at {src} (it serves at {state.serving})")
-            if self.strategy == "cold":
-                return await asyncio.to_thread(self._cold, state, src, dst)
-            return await asyncio.to_thread(self._make_before_break, state, src, dst)
+            move = self._cold if self.strategy == "cold" else self._make_before_break
+            try:
+                return await asyncio.to_thread(move, state, src, dst)
+            except (ControllerUnavailable, MigrationFailed):
+                raise
+            except (TwinError, subprocess.TimeoutExpired) as err:
+                # Anything else that failed below (podman, a helper timing out) is a failed
+                # migration too: the steps above rolled back to the source.
+                raise MigrationFailed(f"{service} {src} -> {dst}: {err}") from None
 
     def _make_before_break(self, state: ServiceState, src: str, dst: str) -> MigrationOutcome:
         phases: dict[str, float] = {}

@@ -1,0 +1,105 @@
+"""One measured migration: deploy a service, load it, move it, and say what clients saw.
+
+Used by ``twin up --check`` (the migration check), by the interactive ``twin up``
+commands, by ``benchmarks/migration.py`` and by the integration tests, so all of
+them measure the same way:
+
+    deploy at src -> load from the users' region -> ``before_s`` of steady load ->
+    migrate (strategy) -> ``after_s`` of steady load -> stop load -> figures
+
+Figures: total migration time and its phases, state bytes and the time they took
+on the wire against ``size / path rate + 2 RTT`` (TCP and HTTP handshakes), the
+interruption clients saw and the requests that failed (see
+:mod:`twin.experiment.analysis`), and latency p99 before, during and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from twin.experiment.analysis import migration_effects
+from twin.model.schema import Scenario, Service
+from twin.workloads.stats import percentile, read_requests_csv
+
+log = logging.getLogger(__name__)
+
+LOAD_TIMEOUT_S = 5.0
+
+
+def trial_scenario(topology_path: str, service: dict) -> Scenario:
+    """A one-service scenario around ``service`` (a scenario ``services`` entry as a dict)."""
+    return Scenario.model_validate({"kind": "scenario", "name": "migration-trial", "topology": topology_path,
+                                    "duration": "1h", "services": [service]})
+
+
+def trial_service(service_id: str, *, model: str = "sensor-fusion-mlp", site: str, region: str,
+                  rate: str = "20/s", state_size: str = "4MiB", request_size: str = "8KiB",
+                  cpus: float = 0.5, memory: str = "384MiB") -> dict:
+    """A scenario service entry with sensible defaults for trials."""
+    return {"id": service_id, "model": model, "slo": {"latency": "50ms", "percentile": 99},
+            "request_size": request_size, "response_size": "512B", "state_size": state_size,
+            "service_time": "2ms", "cpus": cpus, "memory": memory, "initial_site": site,
+            "demand": [{"region": region, "rate": rate}]}
+
+
+def expected_transfer_s(state_bytes: int, rate_bps: float, rtt_s: float) -> float:
+    """The state copy's floor: bytes at the path's rate plus the TCP and HTTP handshakes (2 RTT)."""
+    return state_bytes * 8 / rate_bps + 2 * rtt_s
+
+
+def run_trial(session, scenario: Scenario, launcher, *, src: str, dst: str, strategy: str,
+              out_dir: Path, before_s: float = 5.0, after_s: float = 5.0, kill_during=None) -> dict:
+    """Deploy at ``src``, migrate to ``dst`` under load; returns the figures (a flat dict).
+
+    ``kill_during(runtime)`` (tests) runs in a thread while the migration is under way.
+    """
+    from twin.workloads.load_fleet import LoadFleet
+    from twin.workloads.site_runtime import EmulatedRuntime
+
+    service = scenario.services[0]
+    runtime = EmulatedRuntime(session, scenario, launcher, run_id=session.record.run_id, strategy=strategy)
+    fleet = LoadFleet(session, scenario, out_dir, timeout_s=LOAD_TIMEOUT_S)
+    result: dict = {"service": service.id, "src": src, "dst": dst, "strategy": strategy,
+                    "state_bytes_configured": int(service.state_size)}
+
+    async def body() -> None:
+        await runtime.ensure_running(service.id, src)
+        duration = before_s + after_s + 60.0  # generous: stopped when the trial is over
+        fleet.start(duration, start_at=time.time() + 0.3)
+        await asyncio.sleep(0.3 + before_s)
+        started = time.time()
+        killer = asyncio.create_task(asyncio.to_thread(kill_during, runtime)) if kill_during else None
+        try:
+            outcome = await runtime.migrate(service.id, src, dst)
+            result.update(outcome.to_event())
+        except Exception as err:  # the trial reports it; the caller decides
+            result.update({"ok": False, "error": str(err)})
+        finished = time.time()
+        if killer is not None:
+            await killer
+        result["started_unix"], result["finished_unix"] = started, finished
+        await asyncio.sleep(after_s)
+        result["placements"] = await runtime.placements()
+
+    try:
+        asyncio.run(body())
+    finally:
+        fleet.stop()
+        asyncio.run(runtime.close())
+    records = [r for path in fleet.files().values() for r in read_requests_csv(path)]
+    t0, t1 = result["started_unix"], result["finished_unix"]
+    result.update(migration_effects(records, t0, t1, LOAD_TIMEOUT_S))
+
+    def p99(rs) -> float | None:
+        return percentile([r.latency_ms for r in rs if r.ok and r.latency_ms is not None], 99.0)
+
+    result["requests"] = len(records)
+    result["failed_total"] = sum(1 for r in records if not r.ok)
+    result["p99_before_ms"] = p99([r for r in records if r.send_unix < t0])
+    result["p99_after_ms"] = p99([r for r in records if r.send_unix > t1 + LOAD_TIMEOUT_S])
+    result["answered_by"] = sorted({r.site for r in records if r.ok and r.site})
+    result["answered_by_after"] = sorted({r.site for r in records if r.ok and r.site and r.send_unix > t1 + 1})
+    return result
