@@ -148,7 +148,10 @@ def test_site_down_forces_a_move(name):
     assert d.moves and d.forced and d.to_site in {"b", "c"}
     assert d.reason.startswith("forced: site a down; moved to")
     [d] = policy(name).decide(inp(signals, [svc], down={"a", "b", "c"}))
-    assert not d.moves and d.reason == "stay: site a down but no feasible site has capacity"
+    assert not d.moves and d.reason == "stay: site a down and no other site that is up meets the SLO"
+    [d] = policy(name).decide(inp(signals, [svc], down={"a"}, capacity={"a": (4.0, 8 * GIB), "b": (0.5, 8 * GIB),
+                                                                     "c": (0.5, 8 * GIB)}))
+    assert not d.moves and d.reason == "stay: site a down and every other feasible site is full (b, c)"
 
 
 def test_slo_loss_at_the_current_site_forces_a_move():

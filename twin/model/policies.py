@@ -234,8 +234,10 @@ class Policy:
             elif not candidates or (not forced and candidates == [current]):
                 full = [s for s in allowed if s not in candidates]
                 detail = f"; {', '.join(full)} full" if full else ""
-                if forced:
-                    reason = f"stay: {why} but no feasible site has capacity{detail}"
+                if forced and full:
+                    reason = f"stay: {why} and every other feasible site is full ({', '.join(full)})"
+                elif forced:
+                    reason = f"stay: {why} and no other site that is up meets the SLO"
                 else:
                     reason = f"stay: no other feasible site{detail}"
                 decision = Decision(service.id, current, current, reason, scores, forced)

@@ -57,7 +57,7 @@ from twin.model.policies import (
     model_rtt_ms,
     plan_oracle,
 )
-from twin.model.power import SignalSeries, SiteSignal
+from twin.model.power import SLOT_SECONDS, SignalSeries, SiteSignal
 from twin.model.schema import Scenario, Service, Topology
 
 SERVICE_TIME_CV = 0.1   # coefficient of variation of the modelled service time (assumption)
@@ -483,6 +483,7 @@ def simulate(scenario: Scenario, topology: Topology, signals: Mapping[str, Signa
     capacity = {s.id: (s.compute.cpus, s.compute.memory) for s in topology.sites}
     worlds = _Worlds(scenario, topology)
     services = list(scenario.services)
+    service_ids = [s.id for s in services]
 
     static_run = run_policy(StaticPolicy(), scenario, worlds, times, slot_signals, capacity, log=False)
     kwh, grid, kg = _energy_matrices(scenario, topology, slot_signals, durations)
@@ -500,8 +501,14 @@ def simulate(scenario: Scenario, topology: Topology, signals: Mapping[str, Signa
     run = run_policy(policy, scenario, worlds, times, slot_signals, capacity, log=True, progress=progress)
     latency, mixtures = _latency_tables(run, scenario, worlds, n_slots, rng)
 
+    # The energy model counts in the signals' 30-minute slots: each slot takes the placement
+    # in force at its start (the same as per decision when decisions are every 30 minutes).
+    n_energy_slots = max(1, math.ceil(scenario.duration / SLOT_SECONDS - 1e-9))
+    decision_of_slot = np.minimum((np.arange(n_energy_slots) * SLOT_SECONDS // interval).astype(int),
+                                  n_slots - 1).tolist()
+
     def totals(placements: list[tuple[str, ...]]) -> dict:
-        by_slot = [{s.id: p[j] for j, s in enumerate(services)} for p in placements]
+        by_slot = [dict(zip(service_ids, placements[k])) for k in decision_of_slot]
         result = energy.account_placements(by_slot, scenario, topology, signals)
         return {"kwh": round(result.kwh, 6), "surplus_kwh": round(result.surplus_kwh, 6),
                 "kg_co2": round(result.kg_co2, 6)}
