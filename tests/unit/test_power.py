@@ -342,9 +342,9 @@ def test_unknown_profile_name():
 # --------------------------------------------------------------------------- SignalSeries
 
 
-def series_of(n: int, periodic: bool = False) -> SignalSeries:
+def series_of(n: int, period: int = 0) -> SignalSeries:
     slots = [SiteSignal(float(i), 0.5, 100.0 + i, None) for i in range(n)]
-    return SignalSeries(site="a", area="kyushu", source="test", slots=slots, periodic=periodic)
+    return SignalSeries(site="a", area="kyushu", source="test", slots=slots, period=slots[:period] or None)
 
 
 def test_at_returns_the_slot_containing_t():
@@ -361,8 +361,26 @@ def test_at_returns_the_slot_containing_t():
 
 
 def test_periodic_series_repeats_daily():
-    series = series_of(48 * 2, periodic=True)
+    series = series_of(48 * 2, period=48)
     assert series.at(3 * 86400 + 1800 * 5).surplus_mw == 5
+    assert series.periodic and not series_of(4).periodic
+
+
+def test_a_short_run_of_a_profile_still_repeats_the_whole_day():
+    scenario, directory, topology = spring_day()
+    signals = load_signals(scenario, directory, topology, duration_s=7200)
+    assert len(signals["fuk"].slots) == 4
+    assert signals["fuk"].at(86400 + 12 * 3600) == profile_day("kyushu-spring-solar")[1][24]
+
+
+def test_trailing_empty_cells_are_ignored_but_an_empty_last_value_is_not(tmp_path):
+    text = (FIX / "standard.csv").read_bytes().decode("cp932").replace("\r\n", ",,\r\n")
+    (tmp_path / "a.csv").write_text(text, encoding="utf-8")
+    assert len(read_area_csv(tmp_path / "a.csv")) == 4
+    path = write_rows(tmp_path, ("1:00,3000,0,500,500,0,0,500,0,0,1500,200,0,0,0,0,0,0,3000",
+                                 "1:00,3000,0,500,500,0,0,500,0,0,1500,200,0,0,0,0,0,0,"))
+    with pytest.raises(TwinError, match="row 5, column 合計: an empty cell is not a number"):
+        read_area_csv(path)
 
 
 @given(st.floats(min_value=0, max_value=48 * 1800 - 1e-6))

@@ -146,26 +146,28 @@ class SiteSignal:
 class SignalSeries:
     """One site's signals in 30-minute slots from scenario time 0.
 
-    ``slots`` covers the requested duration. A built-in profile is periodic (it
-    repeats daily), so :meth:`at` answers for any ``t >= 0``; a CSV series ends
-    where its file ends. ``columns`` keeps the per-slot area figures in MW
-    (demand, solar, ...) for plots; for a periodic series they are one day.
+    ``slots`` covers the requested duration. A built-in profile passes its day
+    as ``period`` and repeats it, so :meth:`at` answers for any ``t >= 0``; a CSV
+    series ends where its file ends. ``columns`` keeps the per-slot area figures
+    in MW (demand, solar, ...) for plots; for a periodic series they are one day.
     """
 
     slot_seconds = SLOT_SECONDS
 
     def __init__(self, *, site: str, area: str, source: str, slots: list[SiteSignal],
-                 periodic: bool = False, columns: dict[str, list[float]] | None = None):
+                 period: list[SiteSignal] | None = None, columns: dict[str, list[float]] | None = None):
         if not slots:
             raise TwinError(f"{source}: no 30-minute slots; give at least one")
         self.site = site
         self.area = area
         self.source = source
         self.slots = slots
-        self.periodic = periodic
+        self.period = period
         self.columns = columns or {}
-        self._period = len(slots) if not periodic else (
-            SLOTS_PER_DAY if len(slots) >= SLOTS_PER_DAY else len(slots))
+
+    @property
+    def periodic(self) -> bool:
+        return bool(self.period)
 
     def __len__(self) -> int:
         return len(self.slots)
@@ -183,7 +185,7 @@ class SignalSeries:
         index = int(t_seconds // SLOT_SECONDS)
         if index < len(self.slots):
             return index
-        if self.periodic:
+        if self.period:
             return index
         if t_seconds <= len(self.slots) * SLOT_SECONDS:
             return len(self.slots) - 1
@@ -195,7 +197,8 @@ class SignalSeries:
         index = self.slot_index(t_seconds)
         if index < len(self.slots):
             return self.slots[index]
-        return self.slots[index % self._period]
+        assert self.period
+        return self.period[index % len(self.period)]
 
 
 def signals_from_columns(columns: dict[str, list[float]], prices: Sequence[float | None] | None = None,
@@ -527,13 +530,19 @@ def _rows(text: str) -> list[tuple[int, list[str]]]:
     try:
         for cells in reader:
             cells = [_norm(c) for c in cells]
-            while cells and cells[-1] == "":
-                cells.pop()
-            if cells:
+            if any(cells):
                 out.append((reader.line_num, cells))
     except csv.Error as err:
         raise ValueError(f"row {reader.line_num}: {err}") from None
     return out
+
+
+def _strip_trailing(cells: list[str], keep: int) -> list[str]:
+    """Drop empty cells after the first ``keep`` (trailing commas some exports add)."""
+    end = len(cells)
+    while end > keep and cells[end - 1] == "":
+        end -= 1
+    return cells[:end]
 
 
 def _parse_date(text: str) -> date | None:
@@ -616,6 +625,7 @@ def read_area_csv(path: str | Path, *, label: str | None = None) -> AreaData:
         if any("万kW" in c for c in cells):
             scale = 10.0
     header_row, header = rows[header_at]
+    header = _strip_trailing(header, 0)
     known = {**CSV_COLUMNS, **CSV_OPTIONAL_COLUMNS}
     index: dict[str, int] = {}
     for col, name in enumerate(header):
@@ -640,6 +650,7 @@ def read_area_csv(path: str | Path, *, label: str | None = None) -> AreaData:
     data_rows: list[int] = []
     width = len(header)
     for row, cells in rows[header_at + 1:]:
+        cells = _strip_trailing(cells, width)
         if len(cells) != width:
             what = "fewer" if len(cells) < width else "more"
             raise TwinError(f"{label}: row {row}: {len(cells)} fields, {what} than the header's {width} "
@@ -720,6 +731,7 @@ def read_price_csv(path: str | Path, area: str, *, label: str | None = None) -> 
         raise TwinError(f"{label}: no header row with a date column ({', '.join(_PRICE_DATE_COLUMNS)}) and a "
                         f"slot column ({', '.join(_PRICE_SLOT_COLUMNS)}); use JEPX's spot price CSV")
     header_row, header = rows[header_at]
+    header = _strip_trailing(header, 0)
     keys = [_price_key(c) for c in header]
     date_col = next(i for i, c in enumerate(keys) if c in _PRICE_DATE_COLUMNS)
     slot_col = next(i for i, c in enumerate(keys) if c in _PRICE_SLOT_COLUMNS)
@@ -802,11 +814,11 @@ def load_signals(scenario: Scenario, scenario_dir: Path, topology: Topology,
                                         s.surplus_carbon_g_per_kwh)
                              for i, s in enumerate(day[i % SLOTS_PER_DAY] for i in range(n))]
                 out[site.id] = SignalSeries(site=site.id, area=site.area, source=f"profile {profile}",
-                                            slots=day_slots, periodic=False, columns=columns)
+                                            slots=day_slots, columns=columns)
             else:
                 slots = [day[i % SLOTS_PER_DAY] for i in range(n)]
                 out[site.id] = SignalSeries(site=site.id, area=site.area, source=f"profile {profile}",
-                                            slots=slots, periodic=True, columns=columns)
+                                            slots=slots, period=day, columns=columns)
             continue
         csv_label = entry.csv
         if csv_label not in area_cache:
@@ -819,8 +831,7 @@ def load_signals(scenario: Scenario, scenario_dir: Path, topology: Topology,
                   if entry.price_csv else None)
         cols = {k: v[:n] for k, v in data.columns.items()}
         slots = signals_from_columns(cols, prices, label=csv_label, row_numbers=data.rows)
-        out[site.id] = SignalSeries(site=site.id, area=site.area, source=csv_label, slots=slots,
-                                    periodic=False, columns=cols)
+        out[site.id] = SignalSeries(site=site.id, area=site.area, source=csv_label, slots=slots, columns=cols)
     return out
 
 

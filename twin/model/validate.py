@@ -162,10 +162,13 @@ def _scenario_rules(scn: Scenario, file: str, lines: LineMap, topo: Topology | N
     for site_id, signal in scn.power.items():
         if (signal.profile is None) == (signal.csv is None):
             add(f"power.{site_id}", "give exactly one of profile or csv", "keep one of the two keys")
-        if signal.profile is not None and signal.profile not in power.PROFILES:
-            add(f"power.{site_id}.profile", f'unknown profile "{signal.profile}"',
-                f"choose one of {', '.join(power.PROFILE_NAMES)}")
-        for key in ("csv", "price_csv"):
+            keys = ("price_csv",)      # one of profile/csv goes anyway: do not report both
+        else:
+            keys = ("csv", "price_csv")
+            if signal.profile is not None and signal.profile not in power.PROFILES:
+                add(f"power.{site_id}.profile", f'unknown profile "{signal.profile}"',
+                    f"choose one of {', '.join(power.PROFILE_NAMES)}")
+        for key in keys:
             name = getattr(signal, key)
             if name is not None and not (Path(file).parent / name).is_file():
                 add(f"power.{site_id}.{key}", f"file {name!r} not found", "give a path relative to the scenario file")
