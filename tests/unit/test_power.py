@@ -530,3 +530,29 @@ def test_profile_names_have_area_and_driver():
         assert name.startswith(profile.model.area + "-")
         assert name.rsplit("-", 1)[1] in ("solar", "wind", "grid")
         assert not math.isnan(profile.model.demand_mw)
+
+
+def _fixture_writer():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("make_power_fixtures", FIX / "make_fixtures.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+FIXTURE_WRITER = _fixture_writer()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(-5000, 99_999), min_size=18, max_size=18), min_size=1, max_size=60),
+       st.sampled_from(["standard", "kyushu"]), st.sampled_from(["cp932", "utf-8", "utf-8-sig"]))
+def test_any_values_round_trip_through_each_dialect(tmp_path_factory, values, dialect, encoding):
+    rows = [(f"{i // 2}:{(i % 2) * 30:02d}", v) for i, v in enumerate(values[:48])]
+    text = getattr(FIXTURE_WRITER, dialect)(rows=rows)
+    path = tmp_path_factory.mktemp("rt") / "x.csv"
+    path.write_bytes(text.encode(encoding))
+    data = read_area_csv(path)
+    keys = list(power.CSV_COLUMNS.values())[2:]
+    assert len(data) == len(rows)
+    for i, (_, v) in enumerate(rows):
+        assert [data.columns[k][i] for k in keys] == [float(x) for x in v]
