@@ -406,3 +406,24 @@ def test_cli_report_error_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"twin: error: {run_dir / 'summary.json'}: missing; ")
+
+
+def test_long_runs_are_binned_and_keep_the_worst_latency(tmp_path):
+    from twin.experiment.plots import MAX_POINTS, latency_figure, service_colours
+
+    run_dir = write_run_dir(tmp_path / "run")
+    slots = 5000      # more than MAX_POINTS: the plot bins them
+    rows = [[i * SLOT_S, "farm", "osa", "osa", 10, 0, 1.0, 2.0, 3.0, 4.0 if i != 2345 else 99.0, 200.0]
+            for i in range(slots)]
+    write_csv(run_dir / "latency.csv", ["t", "service", "region", "site", "requests", "failed", "p50_ms",
+                                        "p95_ms", "p99_ms", "p999_ms", "slo_ms"], rows)
+    run = json.loads((run_dir / "run.json").read_text())
+    run["duration"] = slots * SLOT_S
+    (run_dir / "run.json").write_text(json.dumps(run))
+    data = load_run(run_dir)
+    fig = latency_figure(data, service_colours(data.service_ids))
+    farm_axes = next(ax for ax in fig.axes if ax.get_title(loc="left").startswith("farm"))
+    p999 = next(line for line in farm_axes.lines if line.get_label() == "p99.9")
+    assert len(p999.get_ydata()) <= MAX_POINTS + 1
+    assert max(p999.get_ydata()) == 99.0          # a one-interval spike survives the binning
+    assert p999.get_xdata()[-1] == data.duration_s / 3600

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from twin.experiment.rundata import PERCENTILES, RunData
 
-MAX_POINTS = 1200
+MAX_POINTS = 800      # about one per pixel column of the plot area at 11 in x 100 dpi
 WIDTH_IN = 11.0
 MARGINS = dict(left=0.09, right=0.84)   # room on the right for legends outside the axes
 DPI = 100
@@ -55,6 +55,13 @@ def migrations(data: RunData) -> list[tuple[float, str, bool]]:
 def _bin_starts(n: int) -> np.ndarray:
     step = max(1, math.ceil(n / MAX_POINTS))
     return np.arange(0, n, step)
+
+
+def _with_end(t_h: np.ndarray, values: np.ndarray, end_h: float) -> tuple[np.ndarray, np.ndarray]:
+    """Repeat the last value at the end of the run so a steps-post line covers the last interval."""
+    if not len(t_h) or end_h <= t_h[-1]:
+        return t_h, values
+    return np.r_[t_h, end_h], np.r_[values, values[-1]]
 
 
 def _nanmean_bins(values: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -123,7 +130,7 @@ def latency_figure(data: RunData, colours: dict[str, str]) -> Figure:
                 label, style, width = PERCENTILE_STYLE[key]
                 with np.errstate(invalid="ignore"):
                     values = np.fmax.reduceat(series.percentiles_ms[key], starts)
-                ax.plot(t_h, values, linestyle=style, linewidth=width, color=colour, label=label,
+                ax.plot(*_with_end(t_h, values, data.duration_s / 3600.0), linestyle=style, linewidth=width, color=colour, label=label,
                         drawstyle="steps-post")
         else:
             ax.text(0.5, 0.5, "no latency rows", transform=ax.transAxes, ha="center", va="center")
@@ -179,9 +186,10 @@ def power_figure(data: RunData) -> Figure:
         starts = _bin_starts(len(series.t_s))
         t_h = series.t_s[starts] / 3600.0
         label = f"{area}: {', '.join(sites)}" if area not in sites else area
-        axes[0].plot(t_h, _nanmean_bins(series.surplus_mw, starts), color=colours[area], label=label,
+        end_h = data.duration_s / 3600.0
+        axes[0].plot(*_with_end(t_h, _nanmean_bins(series.surplus_mw, starts), end_h), color=colours[area], label=label,
                      drawstyle="steps-post", linewidth=1.2)
-        axes[1].plot(t_h, _nanmean_bins(series.carbon_g_per_kwh, starts), color=colours[area],
+        axes[1].plot(*_with_end(t_h, _nanmean_bins(series.carbon_g_per_kwh, starts), end_h), color=colours[area],
                      label=label, drawstyle="steps-post", linewidth=1.2)
     axes[0].set_ylabel("MW")
     axes[0].set_title("surplus (curtailed) renewable power per area", loc="left", fontsize=9)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from twin.experiment.plots import ENERGY_METRICS, ENERGY_RUNS, make_plots, migrations, service_colours, slo_of
+from twin.experiment.plots import (ENERGY_METRICS, ENERGY_RUNS, MAX_POINTS, make_plots, migrations,
+                                   service_colours, slo_of)
 from twin.experiment.rundata import OUTCOMES, RunData, RunDirError, load_run
 
 __all__ = ["build_report", "RunDirError"]
@@ -90,7 +91,7 @@ def _header(data: RunData) -> str:
     run = data.run
     policy = run.get("policy")
     if isinstance(policy, dict):
-        params = ", ".join(f"{esc(k)} {num(v)}" for k, v in policy.items() if k != "name")
+        params = ", ".join(f"{esc(k)} {num(v, 'g')}" for k, v in policy.items() if k != "name")
         policy_text = esc(policy.get("name", "?")) + (f" ({params})" if params else "")
     else:
         policy_text = esc(policy if policy is not None else data.summary.get("policy", "?"))
@@ -125,7 +126,7 @@ def _headline(data: RunData) -> str:
              _energy_words(data)]
     warnings = sum(1 for e in data.events if e.get("kind") == "warning")
     if warnings:
-        parts.append(f"{warnings} warnings in the log")
+        parts.append(f"{warnings} warning{'s' if warnings != 1 else ''} in the log")
     return "<p class=\"headline\">" + ". ".join(p for p in parts if p) + ".</p>"
 
 
@@ -460,7 +461,7 @@ def render_html(data: RunData, plots: dict[str, Path]) -> str:
     title = f"{data.run.get('scenario')} on {data.run.get('topology', '?')} ({data.run.get('mode')})"
     migrate_note = ('<p class="note">Vertical lines: migrations (red: failed). Latency is the worst '
                     'region per decision interval; long runs are binned to at most '
-                    '1,200 points per line, keeping the worst value of each bin for latency and the '
+                    f'{MAX_POINTS:,} points per line, keeping the worst value of each bin for latency and the '
                     'mean for signals.</p>')
     parts = [
         "<!DOCTYPE html>",
