@@ -96,15 +96,42 @@ def cmd_up(args: argparse.Namespace) -> int:
     from twin.emulation.session import TwinSession
     from twin.emulation.shell import interactive, run_check
 
+    scenario = None
+    if args.scenario:
+        from twin.model.validate import load_scenario, load_topology
+
+        scenario, scenario_topology = load_scenario(args.scenario)
+        if scenario_topology.name != load_topology(args.topology).name:
+            raise TwinError(f"{args.scenario}: its topology is {scenario_topology.name!r}, not "
+                            f"{args.topology}; pass the scenario's topology or another scenario")
     with TwinSession(args.topology, backend=args.link_backend, api_port=args.api_port) as session:
         if args.check:
+            extra = {}
+            if not args.no_migration_check:
+                from twin.workloads.trial import migration_check
+
+                extra["migration"] = lambda: migration_check(session)
             code = run_check(session, as_json=args.json, count=args.count, rate=args.rate,
-                             tolerance_ms=args.tolerance_us / 1e3)
+                             tolerance_ms=args.tolerance_us / 1e3, extra_checks=extra)
         else:
             api = session.controller
             print(f"twin up: {session.topology.name}, link backend {session.network.link_backend}, "
                   f"controller API http://{api.api_host}:{api.api_port}; type 'help', 'exit' tears down")
-            interactive(session)
+            if scenario is None:
+                interactive(session)
+            else:
+                from twin.workloads.containers import ContainerRuntime
+                from twin.workloads.image import require_image
+                from twin.workloads.shell import workload_commands
+                from twin.workloads.site_runtime import PodmanLauncher
+
+                with ContainerRuntime(session.record.run_id, record=session.record) as containers:
+                    commands = workload_commands(session, scenario, PodmanLauncher(containers, require_image()))
+                    try:
+                        interactive(session, mixins=(commands,))
+                    finally:
+                        commands.loop.run_until_complete(commands.runtime.close())
+                        commands.loop.close()
             code = 0
     if not args.json:
         print(f"torn down in {session.timings.get('down_s', 0):.1f} s", file=sys.stderr)
@@ -204,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=500.0, help="probes per second with --check (default 500)")
     # 300 us: the OVS userspace datapath's own noise on a 2-core machine (README, "Measured");
     # the delay engine alone is within ~10 us.
+    p.add_argument("--scenario", metavar="FILE",
+                   help="services for the shell's deploy/migrate/load commands (a scenario on this topology)")
+    p.add_argument("--no-migration-check", action="store_true",
+                   help="with --check: skip the containerized migration check")
     p.add_argument("--tolerance-us", type=float, default=300.0,
                    help="allowed |median measured - model - emulator overhead| one way, us (default 300)")
     p.set_defaults(func=cmd_up)

@@ -21,8 +21,13 @@ from twin.errors import TwinError
 from twin.tables import format_table
 
 
-def run_check(session: TwinSession, *, as_json: bool, count: int, rate: float, tolerance_ms: float) -> int:
-    """Set up every servable pair, probe each over the APN and the packet network, report."""
+def run_check(session: TwinSession, *, as_json: bool, count: int, rate: float, tolerance_ms: float,
+              extra_checks: dict | None = None) -> int:
+    """Set up every servable pair, probe each over the APN and the packet network, report.
+
+    ``extra_checks`` maps a name to a function returning a dict with at least ``ok``
+    and ``text`` (one line); higher layers add checks this way (e.g. a migration).
+    """
     from tqdm import tqdm
 
     made, blocked = session.setup_all_lightpaths()
@@ -41,7 +46,9 @@ def run_check(session: TwinSession, *, as_json: bool, count: int, rate: float, t
                          "p99_one_way_ms": round(probe.forward_us.p99 / 1e3, 4),
                          "lost": probe.lost, "reordered": probe.reordered})
     failed = [c for c in checks if not c.ok]
-    result = {**session.summary(), "tolerance_ms": tolerance_ms,
+    extras = {name: check() for name, check in (extra_checks or {}).items()}
+    failed += [name for name, extra in extras.items() if not extra.get("ok")]
+    result = {**session.summary(), "tolerance_ms": tolerance_ms, **extras,
               "baseline_one_way_ms": round(checks[0].baseline_one_way_ms, 4) if checks else None,
               "pairs": [c.to_dict() for c in checks], "blocked": blocked, "packet_network": contrast,
               "ok": not failed}
@@ -64,18 +71,21 @@ def run_check(session: TwinSession, *, as_json: bool, count: int, rate: float, t
                                 for c in contrast]))
         for b in blocked:
             print(f"blocked {b['src']}-{b['dst']}: {b['blocked']}")
+        for name, extra in extras.items():
+            print(f"{name}: {'ok' if extra.get('ok') else 'FAILED'}: {extra.get('text', '')}")
         t = result["timings_s"]
         print(f"\nup {t.get('up_s', 0):.1f} s (switches connected at {t.get('switches_connected_s', 0):.1f} s), "
-              f"lightpaths {t.get('lightpaths_s', 0):.2f} s; {len(failed)} pair(s) off")
+              f"lightpaths {t.get('lightpaths_s', 0):.2f} s; {len(failed)} check(s) failed")
     return 1 if failed else 0
 
 
-def interactive(session: TwinSession) -> None:
+def interactive(session: TwinSession, mixins: tuple[type, ...] = ()) -> None:
+    """Mininet's CLI plus the twin's commands; ``mixins`` add more (higher layers' ``do_*`` methods)."""
     from mininet.cli import CLI
 
     client = session.client
 
-    class TwinCLI(CLI):
+    class TwinCLI(*mixins, CLI):
         prompt = "twin> "
 
         def _guard(self, fn, line):

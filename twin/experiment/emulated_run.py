@@ -32,7 +32,12 @@ from pathlib import Path
 from tqdm import tqdm
 
 from twin.errors import NoPathError, TwinError
-from twin.experiment.analysis import TimeBase, latency_rows, migration_effects, service_summary
+from twin.experiment.analysis import (
+    TimeBase,
+    latency_rows,
+    migration_effects,
+    service_summary,
+)
 from twin.experiment.rundir import RunDirWriter
 from twin.model import energy
 from twin.model.optics import OpticalNetwork

@@ -38,7 +38,8 @@ class LoadFleet:
     """Start/stop the load generators of a scenario on a running TwinSession."""
 
     def __init__(self, session, scenario: Scenario, out_dir: Path, *,
-                 rate_scale: float = 1.0, timeout_s: float = 5.0, python: str = sys.executable, seed: int = 0):
+                 rate_scale: float = 1.0, timeout_s: float = 5.0, python: str = sys.executable, seed: int = 0,
+                 only: str | None = None):
         self.session = session
         self.scenario = scenario
         self.out_dir = Path(out_dir)
@@ -46,6 +47,7 @@ class LoadFleet:
         self.timeout_s = timeout_s
         self.python = python
         self.seed = seed
+        self.only = only  # one service id, or None for all
         self.generators: list[Generator] = []
 
     def start(self, duration_s: float, *, start_at: float | None = None) -> None:
@@ -53,6 +55,8 @@ class LoadFleet:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         start_at = start_at if start_at is not None else time.time() + 0.5
         for index, service in enumerate(self.scenario.services, start=1):
+            if self.only is not None and service.id != self.only:
+                continue
             for n, demand in enumerate(service.demand):
                 out = self.out_dir / f"{service.id}.{demand.region}.csv"
                 pid = self.session.network.host_pid(ad.host_name(demand.region, ad.USERS))

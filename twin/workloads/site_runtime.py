@@ -41,7 +41,11 @@ from twin.emulation.network import in_host
 from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.model.schema import Scenario, Service
-from twin.shifter.interfaces import ControllerUnavailable, MigrationFailed, MigrationOutcome
+from twin.shifter.interfaces import (
+    ControllerUnavailable,
+    MigrationFailed,
+    MigrationOutcome,
+)
 
 log = logging.getLogger(__name__)
 
@@ -287,10 +291,7 @@ class EmulatedRuntime:
         phases: dict[str, float] = {}
         t0 = time.monotonic()
         outcome = MigrationOutcome(state.service.id, src, dst, "make-before-break", False)
-        try:
-            dst_instance = self._start_instance(state, dst)
-        except ControllerUnavailable:
-            raise
+        dst_instance = self._start_instance(state, dst)
         phases["start_warm_s"] = time.monotonic() - t0
         try:
             t1 = time.monotonic()

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 from twin.experiment.analysis import migration_effects
-from twin.model.schema import Scenario, Service
+from twin.model.schema import Scenario
 from twin.workloads.stats import percentile, read_requests_csv
 
 log = logging.getLogger(__name__)
@@ -103,3 +104,34 @@ def run_trial(session, scenario: Scenario, launcher, *, src: str, dst: str, stra
     result["answered_by"] = sorted({r.site for r in records if r.ok and r.site})
     result["answered_by_after"] = sorted({r.site for r in records if r.ok and r.site and r.send_unix > t1 + 1})
     return result
+
+
+def migration_check(session, *, strategy: str = "make-before-break", state_size: str = "4MiB") -> dict:
+    """``twin up --check``'s migration check: move a stateful service across the longest
+    lightpath under load; ok when it moved, lost no request and its state arrived whole."""
+    from twin.workloads.containers import ContainerRuntime
+    from twin.workloads.image import require_image
+    from twin.workloads.site_runtime import PodmanLauncher
+
+    lightpaths = session.client.lightpaths()
+    if not lightpaths:
+        return {"ok": False, "text": "no lightpath to migrate over"}
+    longest = max(lightpaths, key=lambda lp: lp["one_way_ms"])
+    src, dst = longest["src"], longest["dst"]
+    scenario = trial_scenario(str(session.topology_path), trial_service("check", site=src, region=src,
+                                                                       state_size=state_size))
+    with tempfile.TemporaryDirectory(prefix="twin-check-") as tmp, \
+            ContainerRuntime(session.record.run_id, record=session.record) as containers:
+        launcher = PodmanLauncher(containers, require_image())
+        result = run_trial(session, scenario, launcher, src=src, dst=dst, strategy=strategy, out_dir=Path(tmp),
+                           before_s=3.0, after_s=3.0)
+        engine = launcher.describe()
+    ok = bool(result.get("ok")) and result["failed_requests"] == 0 and result["answered_by_after"] == [dst] \
+        and result.get("state_bytes") == int(scenario.services[0].state_size)
+    text = (f"{strategy} {src} -> {dst} ({longest['one_way_ms']:.2f} ms one way) in "
+            f"{result.get('duration_s', 0):.2f} s, state {result.get('state_bytes', 0)} B in "
+            f"{result.get('transfer_s', 0):.3f} s, {result['failed_requests']} failed, interruption "
+            f"{result['interruption_ms']:.0f} ms, p99 before/after {result['p99_before_ms']}/"
+            f"{result['p99_after_ms']} ms [{engine}]" + (f"; error: {result['error']}" if result.get("error") else ""))
+    return {"ok": ok, "text": text, "engine": engine,
+            **{k: v for k, v in result.items() if k not in ("placements",)}}
