@@ -334,7 +334,7 @@ class EmulatedRuntime:
         try:
             dst_instance = self._start_instance(state, dst)
         except BaseException:
-            self._netcall(src, state.port, "POST", "/undrain")  # best effort: the server may not support it
+            self._netcall(src, state.port, "POST", "/resume")  # undo the drain: src serves again
             raise
         phases["start_s"] = time.monotonic() - t1
         try:
