@@ -330,14 +330,11 @@ class EmulatedRuntime:
         outcome = MigrationOutcome(state.service.id, src, dst, "cold", False)
         self._netcall(src, state.port, "POST", "/drain", timeout_s=60)  # from here clients are refused
         phases["drain_s"] = time.monotonic() - t0
-        t1 = time.monotonic()
+        dst_instance = None
         try:
+            t1 = time.monotonic()
             dst_instance = self._start_instance(state, dst)
-        except BaseException:
-            self._netcall(src, state.port, "POST", "/resume")  # undo the drain: src serves again
-            raise
-        phases["start_s"] = time.monotonic() - t1
-        try:
+            phases["start_s"] = time.monotonic() - t1
             t2 = time.monotonic()
             copied = self._copy_state(state, src, dst) if state.service.state_size > 0 else {"bytes": 0}
             phases["state_copy_s"] = time.monotonic() - t2
@@ -345,7 +342,10 @@ class EmulatedRuntime:
             self._point(state, dst)
             phases["repoint_s"] = time.monotonic() - t3
         except BaseException:
-            self._stop_instance(state, dst_instance)
+            # roll back: the source serves again, the destination goes
+            if dst_instance is not None:
+                self._stop_instance(state, dst_instance)
+            self._netcall(src, state.port, "POST", "/resume")
             raise
         self._drained(state, src)
         t4 = time.monotonic()
