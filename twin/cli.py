@@ -121,12 +121,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                 interactive(session)
             else:
                 from twin.workloads.containers import ContainerRuntime
-                from twin.workloads.image import require_image
                 from twin.workloads.shell import workload_commands
-                from twin.workloads.site_runtime import PodmanLauncher
+                from twin.workloads.site_runtime import PodmanLauncher, workload_image
 
                 with ContainerRuntime(session.record.run_id, record=session.record) as containers:
-                    commands = workload_commands(session, scenario, PodmanLauncher(containers, require_image()))
+                    commands = workload_commands(session, scenario, PodmanLauncher(containers, workload_image()))
                     try:
                         interactive(session, mixins=(commands,))
                     finally:

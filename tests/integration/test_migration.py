@@ -15,8 +15,7 @@ import pytest
 
 from twin.emulation.session import TwinSession
 from twin.workloads.containers import ContainerRuntime
-from twin.workloads.image import require_image
-from twin.workloads.site_runtime import PodmanLauncher
+from twin.workloads.site_runtime import PodmanLauncher, workload_image
 from twin.workloads.trial import run_trial, trial_scenario, trial_service
 
 pytestmark = pytest.mark.root
@@ -29,7 +28,7 @@ def twin():
     with TwinSession(TOPOLOGY) as session:
         session.client.create_lightpath("fuk", "osa")
         with ContainerRuntime(session.record.run_id, record=session.record) as containers:
-            yield session, containers, PodmanLauncher(containers, require_image())
+            yield session, containers, PodmanLauncher(containers, workload_image())
 
 
 def scenario(service_id: str, state_size: str = "4MiB"):

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import platform
 import signal
 import time
@@ -69,9 +68,8 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
     """
     from twin.emulation.session import TwinSession
     from twin.workloads.containers import ContainerRuntime
-    from twin.workloads.image import require_image
     from twin.workloads.load_fleet import LoadFleet
-    from twin.workloads.site_runtime import EmulatedRuntime, PodmanLauncher
+    from twin.workloads.site_runtime import EmulatedRuntime, PodmanLauncher, workload_image
 
     wall_start = time.monotonic()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -81,8 +79,7 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
     compression = time_compression or scenario.time_compression
     signals = load_signals(scenario, scenario_path.parent, topology)
     model = simulate(scenario, topology, signals)
-    # TWIN_IMAGE pins another built image (e.g. while editing code that the workload does not run).
-    image = os.environ.get("TWIN_IMAGE") or require_image()
+    image = workload_image()
     writer = RunDirWriter(out_dir, overwrite=overwrite)
     run_dir = writer.path
     events: list[dict] = []

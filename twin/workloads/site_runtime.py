@@ -427,3 +427,14 @@ class PodmanLauncher:
 
     def describe(self) -> str:
         return self.containers.describe()
+
+
+def workload_image() -> str:
+    """The workload image to run: ``TWIN_IMAGE`` if set (pin a built image, e.g. while
+    editing code the workload does not run), else the one built for this checkout."""
+    import os
+
+    from twin.workloads.image import require_image, validate_ref
+
+    pinned = os.environ.get("TWIN_IMAGE")
+    return validate_ref(pinned) if pinned else require_image()

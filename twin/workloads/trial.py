@@ -110,8 +110,7 @@ def migration_check(session, *, strategy: str = "make-before-break", state_size:
     """``twin up --check``'s migration check: move a stateful service across the longest
     lightpath under load; ok when it moved, lost no request and its state arrived whole."""
     from twin.workloads.containers import ContainerRuntime
-    from twin.workloads.image import require_image
-    from twin.workloads.site_runtime import PodmanLauncher
+    from twin.workloads.site_runtime import PodmanLauncher, workload_image
 
     lightpaths = session.client.lightpaths()
     if not lightpaths:
@@ -122,7 +121,7 @@ def migration_check(session, *, strategy: str = "make-before-break", state_size:
                                                                        state_size=state_size))
     with tempfile.TemporaryDirectory(prefix="twin-check-") as tmp, \
             ContainerRuntime(session.record.run_id, record=session.record) as containers:
-        launcher = PodmanLauncher(containers, require_image())
+        launcher = PodmanLauncher(containers, workload_image())
         result = run_trial(session, scenario, launcher, src=src, dst=dst, strategy=strategy, out_dir=Path(tmp),
                            before_s=3.0, after_s=3.0)
         engine = launcher.describe()
