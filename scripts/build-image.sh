@@ -4,6 +4,9 @@
 #
 #   sudo scripts/build-image.sh [--print-ref] [--force] [--help]
 #
+# Prints the reference of the image it built or found on stdout (messages go
+# to stderr).
+#
 # Two layers (twin/workloads/image.py names them and computes the hashes):
 #  1. base localhost/twin-workload-base:<key>: debootstrap --variant=minbase
 #     bookworm + python3, a venv at /opt/twin/venv with the run-time
@@ -69,6 +72,7 @@ if command -v runc >/dev/null 2>&1; then RUNTIME_ARGS=(--runtime runc); fi
 
 if [ "$FORCE" = 0 ] && podman image exists "$REF"; then
     log "${REF} up to date"
+    echo "$REF"
     exit 0
 fi
 
@@ -78,6 +82,7 @@ exec 9>"${CACHE}/build.lock"
 flock 9
 if [ "$FORCE" = 0 ] && podman image exists "$REF"; then
     log "${REF} built by another run meanwhile"
+    echo "$REF"
     exit 0
 fi
 
@@ -156,6 +161,9 @@ mkdir -p "$SRC" "${WORK}/ctx"
     mkdir -p "${SRC}/$(dirname "$rel")"
     cp "${REPO_ROOT}/${rel}" "${SRC}/${rel}"
 done
+# The tag is the hash of the copy, which is what goes into the image, even if
+# the checkout changed since the check above.
+REF=$(cd "$REPO_ROOT" && "$VENV_PY" -m twin.workloads.image --ref --repo "$SRC")
 "$VENV_PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-index --find-links "$WHEELS" -w "${WORK}/ctx" "$SRC" >/dev/null \
     || { fetch_wheels; "$VENV_PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-index --find-links "$WHEELS" -w "${WORK}/ctx" "$SRC" >/dev/null; } \
     || die "pip wheel of the checkout failed"
@@ -188,3 +196,4 @@ prune() {
 prune "${REF%%:*}" "$REF"
 prune "${BASE_REF%%:*}" "$BASE_REF"
 log "${REF} built in $(( $(date +%s) - START_S ))s"
+echo "$REF"

@@ -243,9 +243,8 @@ build_image() {
         IMAGE_LINE="skipped (--skip-image)"
         return 0
     fi
-    "${REPO_ROOT}/scripts/build-image.sh" \
+    IMAGE_LINE=$("${REPO_ROOT}/scripts/build-image.sh") \
         || die "building the workload image failed; see the messages above, fix, rerun"
-    IMAGE_LINE=$("${REPO_ROOT}/scripts/build-image.sh" --print-ref)
 }
 
 # `criu check` decides whether checkpoint/restore migration can run here.

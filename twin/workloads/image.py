@@ -184,16 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--base-ref", action="store_true", help="print the base image reference")
     group.add_argument("--requirements", action="store_true", help="print the pinned run-time requirements")
     group.add_argument("--sources", action="store_true", help="print the files the code layer is built from")
+    parser.add_argument("--repo", type=Path, default=REPO_ROOT, help="checkout (or copy of its sources) to describe")
     args = parser.parse_args(argv)
+    repo = args.repo.resolve()
     try:
         if args.ref:
-            print(image_ref())
+            print(image_ref(repo))
         elif args.base_ref:
-            print(base_ref())
+            print(base_ref(repo))
         elif args.requirements:
             print("\n".join(pinned_requirements()))
         else:
-            print("\n".join(p.relative_to(REPO_ROOT).as_posix() for p in source_files()))
+            print("\n".join(p.relative_to(repo).as_posix() for p in source_files(repo)))
     except TwinError as err:
         print(err, file=sys.stderr)
         return err.exit_code
