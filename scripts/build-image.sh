@@ -18,7 +18,9 @@
 #     /var/lib/twin/models, where the server looks when it runs as root, via
 #     `podman build`, so a code change adds only a small layer.
 # An unchanged tree finds its image and exits in well under a second. Old tags
-# of both are removed (podman keeps any still used by a container).
+# of both are removed (podman keeps any still used by a container) unless
+# TWIN_IMAGE_NO_PRUNE=1 (benchmarks/containers.py builds copies beside the real one).
+# TWIN_IMAGE_CACHE moves /var/cache/twin (debootstrap tarball, wheels, lock).
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -193,7 +195,9 @@ prune() {
         podman rmi "$ref" >/dev/null 2>&1 || log "kept ${ref} (in use)"
     done < <(podman images --format '{{.Repository}}:{{.Tag}}' --filter "reference=${repo}" 2>/dev/null)
 }
-prune "${REF%%:*}" "$REF"
-prune "${BASE_REF%%:*}" "$BASE_REF"
+if [ "${TWIN_IMAGE_NO_PRUNE:-0}" != 1 ]; then
+    prune "${REF%%:*}" "$REF"
+    prune "${BASE_REF%%:*}" "$BASE_REF"
+fi
 log "${REF} built in $(( $(date +%s) - START_S ))s"
 echo "$REF"
