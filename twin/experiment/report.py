@@ -122,7 +122,8 @@ def _headline(data: RunData) -> str:
     failed_moves = sum(1 for m in moves if not m[2])
     parts = [f"{len(met)} of {len(services)} services met their SLO"
              + (f" (missed: {esc(', '.join(missed))})" if missed else ""),
-             f"{len(moves)} migrations" + (f", {failed_moves} failed" if failed_moves else ""),
+             f"{len(moves)} migration{'s' if len(moves) != 1 else ''}"
+             + (f", {failed_moves} failed" if failed_moves else ""),
              _energy_words(data)]
     warnings = sum(1 for e in data.events if e.get("kind") == "warning")
     if warnings:
