@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm
 
-from twin.emulation.network import in_host
+from twin.emulation.network import ENGINE_RT_PRIORITY, in_host
 from twin.emulation.probe import ProbeSummary, percentile
 from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
 from twin.emulation.session import TwinSession
@@ -166,6 +166,22 @@ class Procs:
         for proc in self.procs:
             self.stop(proc)
         self.procs.clear()
+
+
+def ovs_other_config(key: str) -> str | None:
+    out = subprocess.run(["ovs-vsctl", "--timeout=10", "get", "Open_vSwitch", ".", "other_config"],
+                         capture_output=True, text=True, check=True).stdout
+    for item in out.strip().strip("{}").split(", "):
+        if "=" in item and item.split("=", 1)[0] == key:
+            return item.split("=", 1)[1].strip('"')
+    return None
+
+
+def set_ovs_other_config(key: str, value: str | None) -> None:
+    """Set (or with None remove) one global other_config key of Open vSwitch."""
+    args = ["set", "Open_vSwitch", ".", f"other_config:{key}={value}"] if value is not None else \
+        ["remove", "Open_vSwitch", ".", "other_config", key]
+    subprocess.run(["ovs-vsctl", "--timeout=10", *args], check=True, capture_output=True)
 
 
 def root_links() -> list[str]:
@@ -434,7 +450,8 @@ def fmt(v, spec=".1f") -> str:
 def print_report(doc: dict) -> None:
     t = doc["bringup"]
     print(f"\n== 1. Bring-up and teardown ({doc['topology']}, {doc['sites']} sites, {t['links']} inter-site links, "
-          f"link backend {doc['link_backend']})")
+          f"link backend {doc['link_backend']}, OVS port type {doc['settings'].get('port_type', 'system')}"
+          f"{', pmd-maxsleep ' + str(doc['settings']['pmd_maxsleep_us']) + ' us' if doc['settings'].get('pmd_maxsleep_us') is not None else ''})")
     print(format_table(["step", "seconds", "target"], [
         ["up (controller + network + all switches connected)", fmt(t["up_s"], ".2f"), f"< {TARGETS['up_s']:g}"],
         ["  network build (Mininet objects)", fmt(t.get("build_s"), ".2f"), ""],
@@ -509,6 +526,13 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=None, help="set-up cycles (default 30; quick 10)")
     parser.add_argument("--rates", default=None, help="tbf rates in Mbit/s for the bulk sweep (default 50,100,200,400)")
     parser.add_argument("--iperf-seconds", type=float, default=None, help="default 10; quick 6")
+    parser.add_argument("--port-type", default="system", help="OVS type of every switch port: system (AF_PACKET, "
+                        "main thread), afxdp (AF_XDP, PMD thread), afxdp-nonpmd")
+    parser.add_argument("--engine-rt-priority", type=int, default=ENGINE_RT_PRIORITY,
+                        help="SCHED_FIFO priority of the delay engine (0: normal scheduling; default %(default)s)")
+    parser.add_argument("--pmd-maxsleep-us", type=int, default=None,
+                        help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
+                             "pmd-maxsleep, set for the run and restored after)")
     args = parser.parse_args()
     count = args.count or (500 if args.quick else 2000)
     pairs_limit = args.pairs or (6 if args.quick else None)
@@ -532,7 +556,12 @@ def main() -> int:
         "settings": {"topology": args.topology, "quick": args.quick, "count": count, "rate_pps": args.rate,
                      "pairs_limit": pairs_limit, "cycles": cycles, "rates_mbps": rates, "iperf_seconds": iperf_s},
         "targets": TARGETS}
-    session = TwinSession(args.topology)
+    session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority)
+    doc["settings"].update({"port_type": args.port_type, "pmd_maxsleep_us": args.pmd_maxsleep_us,
+                            "engine_rt_priority": args.engine_rt_priority})
+    previous_maxsleep = ovs_other_config("pmd-maxsleep")
+    if args.pmd_maxsleep_us is not None:
+        set_ovs_other_config("pmd-maxsleep", str(args.pmd_maxsleep_us))
     t_exit = None
     try:
         with session:
@@ -580,6 +609,8 @@ def main() -> int:
         t_exit = time.monotonic() - t_exit
     finally:
         procs.close()
+        if args.pmd_maxsleep_us is not None:
+            set_ovs_other_config("pmd-maxsleep", previous_maxsleep)
     st = session.timings
     doc["engine_stats"] = engine_summary(session.network.engine_stats)
     doc["bringup"] = {"up_s": round(st["up_s"], 3), "switches_connected_s": round(st["switches_connected_s"], 3),

@@ -26,8 +26,9 @@ Link delay backends
                its own (Mininet host ``tw_dly``): switch port <-> veth <-> engine
                <-> veth <-> switch port. The engine sorts frames by VLAN into
                per-wavelength channels and shapes each with a token bucket
-               (what tbf did per wavelength port before). Ending the ``tw_dly``
-               shell removes all those veths at once.
+               (what tbf did per wavelength port before). It runs SCHED_FIFO
+               (``ENGINE_RT_PRIORITY``). Ending the ``tw_dly`` shell removes all
+               those veths at once.
 """
 
 from __future__ import annotations
@@ -55,6 +56,12 @@ log = logging.getLogger(__name__)
 DELAY_HOST = "tw_dly"
 VIP_GATEWAY_IP = "10.1.0.254"   # on-link next hop for all VIPs; its MAC is the shared VIP MAC
 VIP_GATEWAY_MAC = "02:00:03:00:00:00"
+PORT_TYPES = ("system", "afxdp", "afxdp-nonpmd")
+# The delay engine runs SCHED_FIFO: with normal scheduling any other busy process on a
+# 2-core machine made it late by about 1 ms on average (20 us with FIFO; benchmarks/README.md).
+# It sleeps between departures, and the kernel's RT throttling keeps 5 % of each CPU for others.
+# Where FIFO is not allowed (containers) the engine logs it and runs normally.
+ENGINE_RT_PRIORITY = 10
 _ENGINE_DIST = {"none": "none", "uniform": "uniform", "normal": "normal", "pareto-normal": "paretonormal"}
 
 
@@ -142,6 +149,8 @@ class ApnNetwork:
     record: RunRecord
     controller_port: int
     backend: str = "auto"
+    port_type: str = "system"
+    engine_rt_priority: int = ENGINE_RT_PRIORITY
     link_backend: str = field(init=False, default="")
     port_map: PortMap = field(init=False)
     links: list[EmulatedLink] = field(init=False)
@@ -222,6 +231,8 @@ class ApnNetwork:
             self._apply_netem()
         t1 = time.monotonic()
         net.start()  # builds the bridges and points them at the controller
+        if self.port_type != "system":
+            self._set_port_type()
         for switch in net.switches:
             _run(["ovs-vsctl", "--timeout=10", "set", "Bridge", switch.name,
                   f"external_ids:{OVS_TAG}={self.record.run_id}"], "tagging bridge")
@@ -254,6 +265,28 @@ class ApnNetwork:
                 _offloads_off(port.name)
                 _ipv6_off(port.name)
 
+    def _set_port_type(self) -> None:
+        """Re-type every switch port (``afxdp``: polled by a PMD thread through AF_XDP instead of
+        by the main thread through AF_PACKET; see benchmarks/README.md for what it changes).
+
+        Raises:
+            EmulationError: unknown type, or OVS could not open a port with it.
+        """
+        if self.port_type not in PORT_TYPES:
+            raise EmulationError(f"OVS port type {self.port_type!r} unknown; use one of {', '.join(PORT_TYPES)}")
+        names = [p.name for sw in self.port_map.switches.values() for p in sw.ports]
+        args = ["ovs-vsctl", "--timeout=30"]
+        for name in names:
+            args += ["--", "set", "Interface", name, f"type={self.port_type}"]
+        _run(args, f"setting OVS port type {self.port_type}")
+        gets = ["ovs-vsctl", "--timeout=10"]
+        for name in names:
+            gets += ["--", "get", "Interface", name, "error"]
+        errors = [(n, e) for n, e in zip(names, _run(gets, "reading port errors").split("\n")) if e.strip() != "[]"]
+        if errors:
+            raise EmulationError(f"OVS could not open {len(errors)} port(s) as {self.port_type}, e.g. "
+                                 f"{errors[0][0]}: {errors[0][1]}; use port type system")
+
     def _start_engine(self, delay_host) -> None:
         specs = []
         for link in self.links:
@@ -267,7 +300,7 @@ class ApnNetwork:
             specs.append(LinkSpec(name=link.name, iface_a=end_a, iface_b=end_b, channels=channels))
         self._engine = DelayEngineProcess(specs, workdir=self.record.directory,
                                           exec_prefix=["mnexec", "-a", str(delay_host.pid)],
-                                          ready_timeout_s=120.0)
+                                          ready_timeout_s=120.0, rt_priority=self.engine_rt_priority)
         self._engine.start()
         self.record.add_process(self._engine.pid, "delay engine")
 
