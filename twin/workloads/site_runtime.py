@@ -320,6 +320,7 @@ class EmulatedRuntime:
         outcome.state_bytes = int(copied.get("bytes", 0))
         outcome.transfer_s = float(copied.get("network_seconds", copied.get("seconds", 0.0)))
         outcome.phases_s = {k: round(v, 4) for k, v in phases.items()}
+        outcome.phases_s["started_unix"] = round(time.time() - (time.monotonic() - t0), 4)
         if drained.get("status") != 200:
             outcome.error = f"drain at {src} answered {drained.get('status')}: {drained.get('error')}"
         return outcome
