@@ -126,6 +126,7 @@ def _build(repo: Path, env: dict[str, str]) -> tuple[float, str]:
 def image_builds(cold: bool) -> dict[str, float]:
     made: list[str] = []
     times: dict[str, float] = {}
+    existing = set(_images("localhost/twin-workload")) | set(_images("localhost/twin-workload-base"))
     env = {"TWIN_IMAGE_NO_PRUNE": "1"}
     with tempfile.TemporaryDirectory(prefix="twin-bench-image-") as tmp:
         repo = Path(tmp) / "repo"
@@ -153,15 +154,21 @@ def image_builds(cold: bool) -> dict[str, float]:
                 made.append(ref)
                 made += sorted(set(_base_images()) - base_before)
         finally:
+            # Only what the copies added: the first build may have found the checkout's own image.
             for ref in made:
-                subprocess.run(["podman", "rmi", ref], capture_output=True)
+                if ref not in existing:
+                    subprocess.run(["podman", "rmi", ref], capture_output=True)
     return times
 
 
-def _base_images() -> list[str]:
+def _images(repository: str) -> list[str]:
     out = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}",
-                          "--filter", "reference=localhost/twin-workload-base"], capture_output=True, text=True)
+                          "--filter", f"reference={repository}"], capture_output=True, text=True)
     return out.stdout.split()
+
+
+def _base_images() -> list[str]:
+    return _images("localhost/twin-workload-base")
 
 
 def main() -> int:
