@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -224,3 +225,37 @@ def test_checkpoint_restore_or_the_reason(
     # The restored process goes on counting from where it was, not from zero.
     time.sleep(0.2)
     assert int(runtime.exec(restored, ["cat", "/state/n"]).stdout) > max(counted, 1)
+
+
+_OWNER = """
+import sys, time
+from twin.emulation.records import RunRecord
+from twin.workloads import containers as c
+record = RunRecord.create()
+rt = c.ContainerRuntime(record.run_id, record=record)
+rt.run(c.ContainerSpec("orphan", sys.argv[1], ("sleep", "600"), netns_pid=int(sys.argv[2])))
+print(record.path, flush=True)
+time.sleep(600)
+"""
+
+
+def test_owner_killed_then_clean_by_its_record(workload_image: str, netns_pid: int) -> None:
+    """The crash path of `twin clean`: the run's process dies by SIGKILL; its record on disk finds the container."""
+    from twin.emulation import records
+
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER, workload_image, str(netns_pid)],
+                             stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        path = Path(owner.stdout.readline().strip())
+        record = RunRecord.load(path)
+        assert record.containers == [f"tw-{record.run_id}-orphan"]
+        owner.kill()
+        owner.wait()
+        assert not records._owner_alive(record)
+        assert _podman_names(record.run_id) == record.containers
+        removed = clean_record(RunRecord.load(path))
+        assert removed == [f"container {record.containers[0]}"]
+        assert _podman_names(record.run_id) == []
+        assert not path.exists()
+    finally:
+        stop_child(owner)
