@@ -180,6 +180,17 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value:.2f} ms"
 
 
+def cmd_shift(args: argparse.Namespace) -> int:
+    from twin.experiment.emulated_run import run_emulated
+
+    out = Path(args.out) if args.out else Path("runs") / time.strftime("shift-%Y%m%d-%H%M%S")
+    summary = run_emulated(args.scenario, out, strategy=args.strategy, time_compression=args.time_compression,
+                           progress=not args.quiet, overwrite=args.force, build_report=not args.no_report,
+                           attach=True, attach_to=args.run)
+    print(format_run_summary(summary, out))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from twin.experiment.report import build_report
 
@@ -254,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("shift", help="run the shifting daemon alone against a network 'twin up' is running (root)")
+    p.add_argument("scenario", metavar="SCENARIO", help="scenario on the running topology")
+    p.add_argument("--run", metavar="RUN_ID", help="which 'twin up' run (default: the only live one)")
+    p.add_argument("--out", metavar="DIR", help="run directory to write (default: runs/shift-<date-time>)")
+    p.add_argument("--strategy", choices=("make-before-break", "cold"), default="make-before-break")
+    p.add_argument("--time-compression", type=float, metavar="X",
+                   help="scenario seconds per wall second (default: the scenario's)")
+    p.add_argument("--force", action="store_true", help="overwrite a run directory that holds a run")
+    p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("report", help="rebuild plots/ and report.html of a run directory")
     p.add_argument("run_dir", metavar="DIR", help="folder written by twin run")

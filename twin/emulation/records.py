@@ -279,3 +279,8 @@ def stop_child(proc: subprocess.Popen, timeout_s: float = 5.0) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def owner_alive(record: RunRecord) -> bool:
+    """Whether the process that made ``record`` still runs (``twin shift`` attaches only to those)."""
+    return _owner_alive(record)

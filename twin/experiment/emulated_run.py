@@ -59,17 +59,19 @@ LOAD_TIMEOUT_S = 5.0
 
 def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: str = "make-before-break",
                  link_backend: str = "auto", time_compression: float | None = None, progress: bool = True,
-                 overwrite: bool = False, build_report: bool = True) -> dict:
+                 overwrite: bool = False, build_report: bool = True, attach_to: str | None = None,
+                 attach: bool = False) -> dict:
     """Run the scenario on the emulated twin and write the run directory; returns summary.json's content.
+
+    With ``attach`` (``twin shift``) the network is the one a running ``twin up``
+    made (``attach_to`` picks the run); it is left running afterwards, and the
+    model's RTTs are not corrected by probes.
 
     Raises:
         ValidationError: the scenario or its topology is invalid.
         TwinError: a step failed (its message says which and why); everything is torn down.
     """
     from twin.emulation.session import TwinSession
-    from twin.workloads.containers import ContainerRuntime
-    from twin.workloads.load_fleet import LoadFleet
-    from twin.workloads.site_runtime import EmulatedRuntime, PodmanLauncher, workload_image
 
     wall_start = time.monotonic()
     started = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -79,28 +81,32 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
     compression = time_compression or scenario.time_compression
     signals = load_signals(scenario, scenario_path.parent, topology)
     model = simulate(scenario, topology, signals)
-    image = workload_image()
     writer = RunDirWriter(out_dir, overwrite=overwrite)
-    run_dir = writer.path
     events: list[dict] = []
     placements: dict[float, dict[str, str]] = {}
     probes: list[tuple] = []
     info: dict = {}
     try:
-        with TwinSession(topology_path, backend=link_backend) as session:
-            made, blocked = session.setup_all_lightpaths()
-            info["lightpaths"] = made
-            info["link_backend"] = session.network.link_backend
-            overrides = _measure_tight_pairs(session, scenario, topology, probes)
-            with ContainerRuntime(session.record.run_id, record=session.record) as containers:
-                launcher = PodmanLauncher(containers, image)
-                info["container_engine"] = launcher.describe()
-                runtime = EmulatedRuntime(session, scenario, launcher, run_id=session.record.run_id,
-                                          strategy=strategy)
-                fleet = LoadFleet(session, scenario, run_dir / "load", timeout_s=LOAD_TIMEOUT_S)
-                base = asyncio.run(_drive(scenario, topology, signals, model, runtime, fleet, compression,
-                                          overrides, events, placements, progress))
-                info["load_failures"] = fleet.failed()
+        if attach:
+            from twin.workloads.attach import attach as attach_run
+
+            session = attach_run(attach_to)
+            if session.topology.name != topology.name:
+                raise TwinError(f"{scenario_path}: its topology is {topology.name!r} but the running twin "
+                                f"({session.record.run_id}) has {session.topology.name!r}; start "
+                                f"'twin up {topology_path}' or pick another scenario")
+            info["lightpaths"] = session.client.lightpaths()
+            info["link_backend"] = f"attached to run {session.record.run_id}"
+            base = _experiment(session, scenario, topology, signals, model, compression, strategy, {}, events,
+                               placements, info, writer.path, progress)
+        else:
+            with TwinSession(topology_path, backend=link_backend) as session:
+                made, _blocked = session.setup_all_lightpaths()
+                info["lightpaths"] = made
+                info["link_backend"] = session.network.link_backend
+                overrides = _measure_tight_pairs(session, scenario, topology, probes)
+                base = _experiment(session, scenario, topology, signals, model, compression, strategy, overrides,
+                                   events, placements, info, writer.path, progress)
     except BaseException:
         writer.close()
         raise
@@ -109,8 +115,27 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
                                    info, started=started, strategy=strategy, compression=compression)
     if build_report:
         from twin.experiment.report import build_report as make_report
-        make_report(run_dir)
+        make_report(writer.path)
     return summary
+
+
+def _experiment(session, scenario, topology, signals, model, compression, strategy, overrides, events, placements,
+                info, run_dir: Path, progress: bool) -> TimeBase:
+    """Containers, load and the daemon on a running network; returns the wall/scenario time base."""
+    from twin.workloads.containers import ContainerRuntime
+    from twin.workloads.load_fleet import LoadFleet
+    from twin.workloads.site_runtime import EmulatedRuntime, PodmanLauncher, workload_image
+
+    image = workload_image()
+    with ContainerRuntime(session.record.run_id, record=session.record) as containers:
+        launcher = PodmanLauncher(containers, image)
+        info["container_engine"] = launcher.describe()
+        runtime = EmulatedRuntime(session, scenario, launcher, run_id=session.record.run_id, strategy=strategy)
+        fleet = LoadFleet(session, scenario, run_dir / "load", timeout_s=LOAD_TIMEOUT_S)
+        base = asyncio.run(_drive(scenario, topology, signals, model, runtime, fleet, compression, overrides,
+                                  events, placements, progress))
+        info["load_failures"] = fleet.failed()
+    return base
 
 
 def _measure_tight_pairs(session, scenario: Scenario, topology: Topology, probes: list[tuple]) -> dict:
