@@ -2,8 +2,8 @@
 # Quick start for the APN twin. See ./lab.sh --help.
 set -euo pipefail
 
-# The main job of `./lab.sh demo`. Later this becomes the experiment runner.
-MAIN_CMD=(.venv/bin/twin plan topologies/japan.yaml)
+# The main job of `./lab.sh demo`: the default scenario, end to end (about 6 minutes).
+MAIN_CMD=(.venv/bin/twin run scenarios/spring-day.yaml --out runs/spring-day --force)
 # The whole test suite; CI must not skip root tests, hence the variable.
 TEST_CMD=(env TWIN_REQUIRE_ROOT_TESTS=1 .venv/bin/python -m pytest -q tests)
 
