@@ -27,7 +27,8 @@ REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV_PY="${REPO_ROOT}/.venv/bin/python"
 CACHE="${TWIN_IMAGE_CACHE:-/var/cache/twin}"
 MIRROR="${TWIN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-# Must match BASE_SUITE / BASE_PACKAGES in twin/workloads/image.py.
+# Must match BASE_SUITE / BASE_PACKAGES in twin/workloads/image.py; bump
+# BASE_RECIPE_VERSION there when build_base below changes.
 SUITE=bookworm
 DEBOOTSTRAP_INCLUDE=python3,python3-venv
 # Build tools pip needs to make the project's wheel offline (build isolation).
@@ -188,16 +189,21 @@ log "code layer: podman build ${REF}"
 podman build -q "${RUNTIME_ARGS[@]}" --network host --pull=never -f "${WORK}/ctx/Containerfile" -t "$REF" "${WORK}/ctx" >/dev/null
 
 # --- prune old tags (never the ones just built; podman refuses images in use) -------
+# Keeps the newest few besides the one just built: a test that looked up its
+# image a moment ago may be about to create a container from it.
+KEEP_OLD=3
 prune() {
-    local repo="$1" keep="$2" ref
+    local repo="$1" keep="$2" ref n=0
     while IFS= read -r ref; do
         [ "$ref" = "$keep" ] && continue
+        n=$((n + 1))
+        [ "$n" -le "$KEEP_OLD" ] && continue
         podman rmi "$ref" >/dev/null 2>&1 || log "kept ${ref} (in use)"
-    done < <(podman images --format '{{.Repository}}:{{.Tag}}' --filter "reference=${repo}" 2>/dev/null)
+    done < <(podman images --sort created --format '{{.Repository}}:{{.Tag}}' --filter "reference=${repo}" 2>/dev/null)
 }
 if [ "${TWIN_IMAGE_NO_PRUNE:-0}" != 1 ]; then
     prune "${REF%%:*}" "$REF"
-    prune "${BASE_REF%%:*}" "$BASE_REF"
+    KEEP_OLD=0 prune "${BASE_REF%%:*}" "$BASE_REF"
 fi
 log "${REF} built in $(( $(date +%s) - START_S ))s"
 echo "$REF"
