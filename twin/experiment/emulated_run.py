@@ -206,13 +206,16 @@ async def _drive(scenario, topology, signals, model, runtime, fleet, compression
     bar = tqdm(total=round(scenario.duration / 3600, 2), unit="h", desc=f"{scenario.name}", disable=not progress,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total:.0f} h scenario [{elapsed}] {postfix}")
 
+    live = LiveSlo(scenario, fleet)
+
     async def show_progress() -> None:
         while True:
             bar.n = min(bar.total, round(clock.now() / 3600, 2))
             where = daemon.result.placements or {s.id: s.initial_site for s in scenario.services}
-            bar.set_postfix_str(" ".join(f"{k}@{v}" for k, v in where.items())
+            slo = live.update()
+            bar.set_postfix_str(" ".join(f"{k}@{v}:{slo.get(k, '-')}" for k, v in where.items())
                                 + f" moves={daemon.result.migrations} failed={daemon.result.failed_migrations}")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1.0)
 
     ticker = asyncio.create_task(show_progress())
     try:
@@ -232,6 +235,48 @@ async def _drive(scenario, topology, signals, model, runtime, fleet, compression
     if daemon.result.stopped_early:
         raise KeyboardInterrupt  # the session tears down; nothing half-written is kept as a result
     return base
+
+
+class LiveSlo:
+    """SLO state for the progress bar: each service's latency at its SLO percentile over the
+    last ``window`` requests, read incrementally from the load generators' files."""
+
+    def __init__(self, scenario: Scenario, fleet, window: int = 2000):
+        self.services = {s.id: s for s in scenario.services}
+        self.fleet = fleet
+        self.window = window
+        self.offsets: dict[Path, int] = {}
+        self.recent: dict[str, list[float | None]] = {sid: [] for sid in self.services}
+
+    def update(self) -> dict[str, str]:
+        for (service, _region), path in self.fleet.files().items():
+            try:
+                with path.open() as fh:
+                    fh.seek(self.offsets.get(path, 0))
+                    chunk = fh.read()
+            except OSError:
+                continue
+            complete = chunk[:chunk.rfind("\n") + 1]
+            self.offsets[path] = self.offsets.get(path, 0) + len(complete.encode())
+            for line in complete.splitlines():
+                fields = line.split(",")
+                if len(fields) < 7 or fields[0] == "send_unix":
+                    continue
+                latency = float(fields[4]) if fields[6] == "ok" and fields[4] else None
+                self.recent[service].append(latency)
+            del self.recent[service][:-self.window]
+        state = {}
+        for sid, values in self.recent.items():
+            if not values:
+                continue
+            service = self.services[sid]
+            ok = sorted(v for v in values if v is not None)
+            failed = len(values) - len(ok)
+            rank = max(0, min(len(values) - 1, int(len(values) * service.slo.percentile / 100.0)))
+            at = ok[rank] if rank < len(ok) else float("inf")  # failures count as misses
+            state[sid] = f"p{service.slo.percentile:g}={at:.1f}ms" + ("" if at <= service.slo.latency * 1e3
+                                                                      else "!") + (f" {failed}err" if failed else "")
+        return state
 
 
 def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Topology, signals, model, base,
