@@ -276,3 +276,17 @@ def test_pinned_requirements_cover_the_runtime() -> None:
 def test_only_local_refs(ref: str) -> None:
     with pytest.raises(image.ImageError, match="localhost/NAME:TAG"):
         image.validate_ref(ref)
+
+
+@pytest.mark.parametrize(
+    ("detail", "fix"),
+    [
+        ("Error: localhost/twin-workload:x: image not known", "build-image.sh"),
+        ("error setting rlimit type 7: operation not permitted", "install.sh"),
+        ("crun: cgroups in hybrid mode not supported", "runc"),
+        ("Error: no container with name or ID \"x\" found: no such container", "podman ps -a"),
+        ("something new", "podman logs"),
+    ],
+)
+def test_podman_errors_come_with_a_fix(detail: str, fix: str) -> None:
+    assert fix in c._fix_for(detail)

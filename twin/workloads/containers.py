@@ -400,6 +400,21 @@ def http_get(url: str, timeout_s: float = 2.0) -> tuple[int, bytes]:
 # --------------------------------------------------------------------------- the runtime
 
 
+def _fix_for(detail: str) -> str:
+    """The likely fix for a podman error line."""
+    if "image not known" in detail:
+        return "build the workload image: sudo scripts/build-image.sh"
+    if "rlimit" in detail or "setrlimit" in detail:
+        return "sudo scripts/install.sh (writes /etc/containers/containers.conf.d/twin.conf)"
+    if "cgroups in hybrid mode" in detail or "crun" in detail:
+        return "apt-get install runc, or set TWIN_OCI_RUNTIME=runc"
+    if "no such container" in detail or "no container with name" in detail:
+        return "the container is gone; list them with podman ps -a --filter label=twin-run"
+    if "already in use" in detail:
+        return "a container of that name exists; remove it (twin clean) or choose another name"
+    return "see podman ps -a and podman logs NAME"
+
+
 @dataclass
 class Container:
     """A created container: its podman name and what it was made from."""
@@ -440,7 +455,8 @@ class ContainerRuntime:
         if check and proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines()
             detail = lines[-1] if lines else f"exit {proc.returncode}"
-            raise ContainerError(f"containers: podman {args[0]} {args[-1] if len(args) > 1 else ''}: {detail}")
+            subject = next((a for a in args if _FULL_NAME.match(a)), "")
+            raise ContainerError(f"containers: podman {args[0]} {subject}: {detail}; fix: {_fix_for(detail)}".replace("  ", " "))
         return proc
 
     @functools.cached_property
