@@ -31,6 +31,8 @@ MIRROR="${TWIN_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 # BASE_RECIPE_VERSION there when build_base below changes.
 SUITE=bookworm
 DEBOOTSTRAP_INCLUDE=python3,python3-venv
+# The suite's python3 (wheels are fetched for it, not for the host's Python).
+IMAGE_PYTHON=3.11
 # Build tools pip needs to make the project's wheel offline (build isolation).
 BUILD_REQS=("setuptools>=77" "wheel")
 
@@ -103,7 +105,9 @@ mkdir -p "$WHEELS"
 # --- wheels: pinned run-time dependencies + build tools --------------------------
 fetch_wheels() {
     (cd "$REPO_ROOT" && "$VENV_PY" -m twin.workloads.image --requirements) >"${WORK}/requirements.txt"
-    local pip=("$VENV_PY" -m pip download -q --disable-pip-version-check --only-binary=:all: -d "$WHEELS")
+    local pip=("$VENV_PY" -m pip download -q --disable-pip-version-check --only-binary=:all: -d "$WHEELS"
+        --python-version "$IMAGE_PYTHON" --implementation cp --abi "cp${IMAGE_PYTHON//./}"
+        --platform "manylinux_2_28_$(uname -m)" --platform "manylinux2014_$(uname -m)")
     # Offline first: everything may already be in the cache.
     if ! "${pip[@]}" --no-index --find-links "$WHEELS" --no-deps -r "${WORK}/requirements.txt" "${BUILD_REQS[@]}" >/dev/null 2>&1; then
         log "downloading wheels into ${WHEELS}"
@@ -167,7 +171,8 @@ done
 # The tag is the hash of the copy, which is what goes into the image, even if
 # the checkout changed since the check above.
 REF=$(cd "$REPO_ROOT" && "$VENV_PY" -m twin.workloads.image --ref --repo "$SRC")
-"$VENV_PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-index --find-links "$WHEELS" -w "${WORK}/ctx" "$SRC" >/dev/null \
+# Offline first (quietly: a miss only means the build tools are not cached yet).
+"$VENV_PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-index --find-links "$WHEELS" -w "${WORK}/ctx" "$SRC" >/dev/null 2>&1 \
     || { fetch_wheels; "$VENV_PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-index --find-links "$WHEELS" -w "${WORK}/ctx" "$SRC" >/dev/null; } \
     || die "pip wheel of the checkout failed"
 

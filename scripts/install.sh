@@ -30,7 +30,8 @@ BASE_PKGS=(
 TEST_PKGS=(shellcheck)
 # Workload containers (podman; runc because crun refuses the hybrid cgroup
 # layout of some kernels; catatonit as the containers' init; debootstrap builds
-# the image, as no image registry is reachable) and the browser-driven dashboard checks. The test suite needs all
+# the image, as no image registry is reachable; on Ubuntu it needs Debian's
+# keyring) and the browser-driven dashboard checks. The test suite needs all
 # of them, so they are part of every install. Set per distribution below
 # because Ubuntu names the chromium packages differently.
 EXTRA_PKGS=()
@@ -122,7 +123,7 @@ install_packages() {
         if apt-cache show "$extra_mods" >/dev/null 2>&1; then
             want+=("$extra_mods")
         fi
-        EXTRA_PKGS=(podman runc catatonit debootstrap chromium-browser chromium-chromedriver)
+        EXTRA_PKGS=(podman runc catatonit debootstrap debian-archive-keyring chromium-browser chromium-chromedriver)
     else
         EXTRA_PKGS=(podman runc catatonit debootstrap chromium chromium-driver)
     fi
