@@ -450,7 +450,7 @@ def fmt(v, spec=".1f") -> str:
 def print_report(doc: dict) -> None:
     t = doc["bringup"]
     print(f"\n== 1. Bring-up and teardown ({doc['topology']}, {doc['sites']} sites, {t['links']} inter-site links, "
-          f"link backend {doc['link_backend']}, OVS port type {doc['settings'].get('port_type', 'system')}"
+          f"link backend {doc['link_backend']}, OVS port type {doc.get('ovs_port_type', 'system')}"
           f"{', pmd-maxsleep ' + str(doc['settings']['pmd_maxsleep_us']) + ' us' if doc['settings'].get('pmd_maxsleep_us') is not None else ''})")
     print(format_table(["step", "seconds", "target"], [
         ["up (controller + network + all switches connected)", fmt(t["up_s"], ".2f"), f"< {TARGETS['up_s']:g}"],
@@ -526,13 +526,14 @@ def main() -> int:
     parser.add_argument("--cycles", type=int, default=None, help="set-up cycles (default 30; quick 10)")
     parser.add_argument("--rates", default=None, help="tbf rates in Mbit/s for the bulk sweep (default 50,100,200,400)")
     parser.add_argument("--iperf-seconds", type=float, default=None, help="default 10; quick 6")
-    parser.add_argument("--port-type", default="system", help="OVS type of every switch port: system (AF_PACKET, "
-                        "main thread), afxdp (AF_XDP, PMD thread), afxdp-nonpmd")
+    parser.add_argument("--port-type", default="auto", help="OVS type of every switch port: auto (afxdp where OVS "
+                        "offers it), system (AF_PACKET, main thread), afxdp (AF_XDP, PMD thread), afxdp-nonpmd")
     parser.add_argument("--engine-rt-priority", type=int, default=ENGINE_RT_PRIORITY,
                         help="SCHED_FIFO priority of the delay engine (0: normal scheduling; default %(default)s)")
     parser.add_argument("--pmd-maxsleep-us", type=int, default=None,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
-                             "pmd-maxsleep, set for the run and restored after)")
+                             "pmd-maxsleep, set for the run and restored after; default: the network's own, "
+                             "network.PMD_MAXSLEEP_US)")
     args = parser.parse_args()
     count = args.count or (500 if args.quick else 2000)
     pairs_limit = args.pairs or (6 if args.quick else None)
@@ -571,7 +572,8 @@ def main() -> int:
                 [sw.site for sw in net.port_map.switches.values()]
             made, blocked = session.setup_all_lightpaths()
             doc.update({"topology": session.topology.name, "sites": len(session.topology.sites),
-                        "link_backend": net.link_backend, "run_id": session.record.run_id})
+                        "link_backend": net.link_backend, "ovs_port_type": net.ovs_port_type,
+                        "run_id": session.record.run_id})
             print(f"up in {session.timings['up_s']:.2f} s; {len(made)} lightpaths in "
                   f"{session.timings['lightpaths_s']:.2f} s ({len(blocked)} blocked)", file=sys.stderr)
             # Overhead per switch: two hosts on one switch, same probe settings as the pairs.

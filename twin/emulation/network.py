@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 DELAY_HOST = "tw_dly"
 VIP_GATEWAY_IP = "10.1.0.254"   # on-link next hop for all VIPs; its MAC is the shared VIP MAC
 VIP_GATEWAY_MAC = "02:00:03:00:00:00"
-PORT_TYPES = ("system", "afxdp", "afxdp-nonpmd")
+PORT_TYPES = ("auto", "system", "afxdp", "afxdp-nonpmd")
+PMD_MAXSLEEP_US = 50   # idle PMD thread sleeps at most this long: ~25 us added per switch on average
 # The delay engine runs SCHED_FIFO: with normal scheduling any other busy process on a
 # 2-core machine made it late by about 1 ms on average (20 us with FIFO; benchmarks/README.md).
 # It sleeps between departures, and the kernel's RT throttling keeps 5 % of each CPU for others.
@@ -149,7 +150,7 @@ class ApnNetwork:
     record: RunRecord
     controller_port: int
     backend: str = "auto"
-    port_type: str = "system"
+    port_type: str = "auto"
     engine_rt_priority: int = ENGINE_RT_PRIORITY
     link_backend: str = field(init=False, default="")
     port_map: PortMap = field(init=False)
@@ -162,6 +163,8 @@ class ApnNetwork:
         self._net = None
         self._engine: DelayEngineProcess | None = None
         self.engine_stats: dict | None = None
+        self.ovs_port_type = "system"
+        self._set_maxsleep = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "ApnNetwork":
@@ -231,8 +234,9 @@ class ApnNetwork:
             self._apply_netem()
         t1 = time.monotonic()
         net.start()  # builds the bridges and points them at the controller
-        if self.port_type != "system":
-            self._set_port_type()
+        self.ovs_port_type = self._resolve_port_type(datapath)
+        if self.ovs_port_type != "system":
+            self._set_port_type(self.ovs_port_type)
         for switch in net.switches:
             _run(["ovs-vsctl", "--timeout=10", "set", "Bridge", switch.name,
                   f"external_ids:{OVS_TAG}={self.record.run_id}"], "tagging bridge")
@@ -255,6 +259,10 @@ class ApnNetwork:
                 log.warning("teardown failed: %s; run 'twin clean'", err)
         if engine is not None:
             self.engine_stats = engine.stop(timeout_s=30.0)
+        if self._set_maxsleep:
+            self._set_maxsleep = False
+            subprocess.run(["ovs-vsctl", "--timeout=10", "remove", "Open_vSwitch", ".", "other_config",
+                            "pmd-maxsleep"], capture_output=True)
         self.timings["down_s"] = time.monotonic() - t0
 
     # -- configuration -----------------------------------------------------------------------
@@ -265,27 +273,59 @@ class ApnNetwork:
                 _offloads_off(port.name)
                 _ipv6_off(port.name)
 
-    def _set_port_type(self) -> None:
-        """Re-type every switch port (``afxdp``: polled by a PMD thread through AF_XDP instead of
-        by the main thread through AF_PACKET; see benchmarks/README.md for what it changes).
+    def _resolve_port_type(self, datapath: str) -> str:
+        """``auto``: afxdp on the userspace datapath when this OVS offers it, else system.
 
         Raises:
-            EmulationError: unknown type, or OVS could not open a port with it.
+            EmulationError: an unknown port type was asked for.
         """
         if self.port_type not in PORT_TYPES:
             raise EmulationError(f"OVS port type {self.port_type!r} unknown; use one of {', '.join(PORT_TYPES)}")
+        if self.port_type != "auto":
+            return self.port_type
+        if datapath != "user":
+            return "system"   # the kernel datapath needs no polling thread
+        types = _run(["ovs-vsctl", "--timeout=10", "get", "Open_vSwitch", ".", "iface_types"], "reading OVS port types")
+        return "afxdp" if "afxdp" in types.strip("[]\n").replace(" ", "").split(",") else "system"
+
+    def _set_port_type(self, port_type: str) -> None:
+        """Re-type every switch port: ``afxdp`` ports are polled by a PMD thread through
+        AF_XDP rings, ``system`` ports by OVS's main thread through AF_PACKET sockets.
+
+        Why: the main thread polls all its ports (and runs the bridges' housekeeping) on
+        every wake-up, which put 0.3-0.5 ms per switch on japan.yaml; the PMD thread
+        took about 50 us (benchmarks/README.md). With ``afxdp`` the PMD thread may sleep
+        up to ``PMD_MAXSLEEP_US`` when idle (OVS ``other_config:pmd-maxsleep``, set for
+        the run unless already set, restored at stop), so it does not spin a core.
+        If OVS cannot open the ports that way, they stay ``system`` (logged) when the
+        type was ``auto``.
+
+        Raises:
+            EmulationError: OVS could not open the ports with a type asked for explicitly.
+        """
+        if port_type.startswith("afxdp") and _ovs_other_config("pmd-maxsleep") is None:
+            _run(["ovs-vsctl", "--timeout=10", "set", "Open_vSwitch", ".",
+                  f"other_config:pmd-maxsleep={PMD_MAXSLEEP_US}"], "setting pmd-maxsleep")
+            self._set_maxsleep = True
         names = [p.name for sw in self.port_map.switches.values() for p in sw.ports]
-        args = ["ovs-vsctl", "--timeout=30"]
+        args = ["ovs-vsctl", "--timeout=60"]
         for name in names:
-            args += ["--", "set", "Interface", name, f"type={self.port_type}"]
-        _run(args, f"setting OVS port type {self.port_type}")
+            args += ["--", "set", "Interface", name, f"type={port_type}"]
+        _run(args, f"setting OVS port type {port_type}")
         gets = ["ovs-vsctl", "--timeout=10"]
         for name in names:
             gets += ["--", "get", "Interface", name, "error"]
         errors = [(n, e) for n, e in zip(names, _run(gets, "reading port errors").split("\n")) if e.strip() != "[]"]
-        if errors:
-            raise EmulationError(f"OVS could not open {len(errors)} port(s) as {self.port_type}, e.g. "
-                                 f"{errors[0][0]}: {errors[0][1]}; use port type system")
+        if not errors:
+            return
+        if self.port_type == "auto":
+            log.warning("OVS could not open %d port(s) as %s (e.g. %s: %s); using system ports",
+                        len(errors), port_type, errors[0][0], errors[0][1])
+            self.ovs_port_type = "system"
+            self._set_port_type("system")
+            return
+        raise EmulationError(f"OVS could not open {len(errors)} port(s) as {port_type}, e.g. "
+                             f"{errors[0][0]}: {errors[0][1]}; use port type system")
 
     def _start_engine(self, delay_host) -> None:
         specs = []
@@ -392,6 +432,13 @@ def _port_number(sw_ports, name: str) -> int:
         if port.name == name:
             return port.number
     raise EmulationError(f"port {name} missing from the port map of {sw_ports.site}")
+
+
+def _ovs_other_config(key: str) -> str | None:
+    """One key of Open vSwitch's global other_config, or None when unset."""
+    proc = subprocess.run(["ovs-vsctl", "--timeout=10", "get", "Open_vSwitch", ".", f"other_config:{key}"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip().strip('"') if proc.returncode == 0 and proc.stdout.strip() else None
 
 
 def _kernel_has_ovs() -> bool:

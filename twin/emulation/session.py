@@ -75,7 +75,7 @@ class TwinSession:
     topology_path: str
     backend: str = "auto"
     api_port: int | None = None
-    port_type: str = "system"   # OVS interface type of every switch port (network.PORT_TYPES)
+    port_type: str = "auto"     # OVS interface type of every switch port (network.PORT_TYPES)
     engine_rt_priority: int = ENGINE_RT_PRIORITY  # SCHED_FIFO priority of the delay engine (0: normal)
     record: RunRecord = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
@@ -221,6 +221,7 @@ class TwinSession:
     def summary(self) -> dict:
         return {"run_id": self.record.run_id, "topology": self.topology.name,
                 "link_backend": self.network.link_backend if self.network else None,
+                "ovs_port_type": self.network.ovs_port_type if self.network else None,
                 "timings_s": {**self.network.timings, **self.timings} if self.network else self.timings}
 
 
