@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm
 
-from twin.emulation.network import ENGINE_RT_PRIORITY, in_host
+from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, in_host
 from twin.emulation.probe import ProbeSummary, percentile
 from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
 from twin.emulation.session import TwinSession
@@ -530,6 +530,8 @@ def main() -> int:
                         "offers it), system (AF_PACKET, main thread), afxdp (AF_XDP, PMD thread), afxdp-nonpmd")
     parser.add_argument("--engine-rt-priority", type=int, default=ENGINE_RT_PRIORITY,
                         help="SCHED_FIFO priority of the delay engine (0: normal scheduling; default %(default)s)")
+    parser.add_argument("--engine-spin-us", type=float, default=ENGINE_SPIN_US,
+                        help="the delay engine busy-waits this long before each departure (default %(default)s)")
     parser.add_argument("--pmd-maxsleep-us", type=int, default=None,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
                              "pmd-maxsleep, set for the run and restored after; default: the network's own, "
@@ -557,9 +559,10 @@ def main() -> int:
         "settings": {"topology": args.topology, "quick": args.quick, "count": count, "rate_pps": args.rate,
                      "pairs_limit": pairs_limit, "cycles": cycles, "rates_mbps": rates, "iperf_seconds": iperf_s},
         "targets": TARGETS}
-    session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority)
+    session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority,
+                          engine_spin_us=args.engine_spin_us)
     doc["settings"].update({"port_type": args.port_type, "pmd_maxsleep_us": args.pmd_maxsleep_us,
-                            "engine_rt_priority": args.engine_rt_priority})
+                            "engine_rt_priority": args.engine_rt_priority, "engine_spin_us": args.engine_spin_us})
     previous_maxsleep = ovs_other_config("pmd-maxsleep")
     if args.pmd_maxsleep_us is not None:
         set_ovs_other_config("pmd-maxsleep", str(args.pmd_maxsleep_us))

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twin.emulation.controller import ControllerProcess
-from twin.emulation.network import ENGINE_RT_PRIORITY, ApnNetwork, in_host
+from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, ApnNetwork, in_host
 from twin.emulation.probe import ProbeSummary
 from twin.emulation.records import RunRecord, clean_record
 from twin.errors import TwinError
@@ -77,6 +77,7 @@ class TwinSession:
     api_port: int | None = None
     port_type: str = "auto"     # OVS interface type of every switch port (network.PORT_TYPES)
     engine_rt_priority: int = ENGINE_RT_PRIORITY  # SCHED_FIFO priority of the delay engine (0: normal)
+    engine_spin_us: float = ENGINE_SPIN_US           # the engine busy-waits this long before a departure
     record: RunRecord = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
 
@@ -111,7 +112,8 @@ class TwinSession:
         log.info("run %s: records in %s", self.record.run_id, self.record.directory)
         portmap_path = self.record.directory / "portmap.json"
         network = ApnNetwork(self.topology, self.record, controller_port=0, backend=self.backend,
-                             port_type=self.port_type, engine_rt_priority=self.engine_rt_priority)
+                             port_type=self.port_type, engine_rt_priority=self.engine_rt_priority,
+                             engine_spin_us=self.engine_spin_us)
         network.port_map.save(portmap_path)
         self.controller = ControllerProcess(self.topology_path, portmap_path=portmap_path,
                                             workdir=self.record.directory, api_port=self.api_port)
