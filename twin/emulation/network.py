@@ -264,10 +264,9 @@ class ApnNetwork:
                 log.warning("teardown failed: %s; run 'twin clean'", err)
         if engine is not None:
             self.engine_stats = engine.stop(timeout_s=30.0)
-        if self._set_maxsleep:
+        if self._set_maxsleep or self.ovs_port_type.startswith("afxdp"):
             self._set_maxsleep = False
-            subprocess.run(["ovs-vsctl", "--timeout=10", "remove", "Open_vSwitch", ".", "other_config",
-                            "pmd-maxsleep"], capture_output=True)
+            _drop_our_maxsleep()
         self.timings["down_s"] = time.monotonic() - t0
 
     # -- configuration -----------------------------------------------------------------------
@@ -445,6 +444,18 @@ def _ovs_other_config(key: str) -> str | None:
     proc = subprocess.run(["ovs-vsctl", "--timeout=10", "get", "Open_vSwitch", ".", f"other_config:{key}"],
                           capture_output=True, text=True)
     return proc.stdout.strip().strip('"') if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def _drop_our_maxsleep() -> None:
+    """Remove ``pmd-maxsleep`` if it has our value and no afxdp port is left in OVS: this also
+    clears what a killed run left, and never disturbs a run that still has PMD ports."""
+    if _ovs_other_config("pmd-maxsleep") != str(PMD_MAXSLEEP_US):
+        return
+    left = subprocess.run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find", "Interface",
+                           "type=afxdp"], capture_output=True, text=True)
+    if left.returncode == 0 and not left.stdout.strip():
+        subprocess.run(["ovs-vsctl", "--timeout=10", "remove", "Open_vSwitch", ".", "other_config",
+                        "pmd-maxsleep"], capture_output=True)
 
 
 def _kernel_has_ovs() -> bool:
