@@ -32,9 +32,14 @@ class FakeClient:
 
     def create_lightpath(self, a, b):
         self._check()
-        self.paths.append({"src": a, "dst": b})
+        self.paths.append({"id": f"lp{len(self.paths)}", "src": a, "dst": b})
         self.log.append(("lightpath", a, b))
         return self.paths[-1]
+
+    def delete_lightpath(self, lightpath_id):
+        self._check()
+        self.paths = [p for p in self.paths if p.get("id") != lightpath_id]
+        self.log.append(("release", lightpath_id))
 
     def services(self):
         self._check()
@@ -201,3 +206,17 @@ async def test_a_dead_instance_is_not_a_placement(world):
 
 def test_service_ports_differ_per_service():
     assert sr.service_port(1) != sr.service_port(2)
+
+
+async def test_lightpaths_follow_the_service_on_demand(world):
+    runtime, session, launcher, log, calls = world
+    service = runtime.services["svc"].service
+    service.demand.append(service.demand[0].model_copy(update={"region": "c"}))
+    await runtime.deploy_all()
+    pairs = lambda: {frozenset((p["src"], p["dst"])) for p in session.client.paths}  # noqa: E731
+    assert frozenset(("c", "a")) in pairs()
+    await runtime.migrate("svc", "a", "b")
+    # the users in c now need b; their path to a is released; a-b (not ours) stays
+    assert frozenset(("c", "b")) in pairs() and frozenset(("c", "a")) not in pairs()
+    assert frozenset(("a", "b")) in pairs()
+    assert [e[0] for e in log].count("release") == 1

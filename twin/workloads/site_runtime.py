@@ -118,6 +118,8 @@ class EmulatedRuntime:
         self.emit = emit or (lambda event: None)
         self.services = {s.id: ServiceState(s, i) for i, s in enumerate(scenario.services, start=1)}
         self._lock = asyncio.Lock()  # one migration or deployment at a time
+        self.owned_lightpaths: dict[frozenset, str] = {}  # pair -> id, set up on demand by this runtime
+        self.lightpath_log: list[dict] = []  # every lightpath it set up, for run.json
 
     # -- helpers (blocking; run in threads) ------------------------------------------------
     def _host_pid(self, site: str, role: int = ad.COMPUTE) -> int:
@@ -158,6 +160,8 @@ class EmulatedRuntime:
             log.warning("removing VIP %s at %s: %s", vip, site, err)
 
     def _ensure_lightpath(self, a: str, b: str) -> None:
+        """A lightpath between ``a`` and ``b`` exists afterwards (APN on demand: set up here,
+        released by :meth:`_release_unneeded` when no service needs it any more)."""
         if a == b:
             return
         client = self.session.client
@@ -166,9 +170,29 @@ class EmulatedRuntime:
             if {lp["src"], lp["dst"]} == {a, b}:
                 return
         try:
-            self._controller("create lightpath", lambda: client.create_lightpath(a, b))
+            made = self._controller("create lightpath", lambda: client.create_lightpath(a, b))
         except ControllerError as err:
             raise MigrationFailed(f"no lightpath {a}-{b} could be set up: {err}") from None
+        self.owned_lightpaths[frozenset((a, b))] = made["id"]  # type: ignore[index]
+        self.lightpath_log.append(dict(made))  # type: ignore[arg-type]
+
+    def _needed_pairs(self) -> set[frozenset]:
+        """Site pairs some running instance needs: each demand region to each instance's site."""
+        return {frozenset((d.region, site)) for state in self.services.values() for site in state.instances
+                for d in state.service.demand if d.region != site}
+
+    def _release_unneeded(self) -> None:
+        """Delete the lightpaths this runtime set up that no instance needs now (best effort)."""
+        needed = self._needed_pairs()
+        for pair, lightpath_id in list(self.owned_lightpaths.items()):
+            if pair in needed:
+                continue
+            try:
+                self._controller("delete lightpath", lambda i=lightpath_id: self.session.client.delete_lightpath(i))
+            except TwinError as err:
+                log.warning("could not release lightpath %s: %s", lightpath_id, err)
+                continue
+            del self.owned_lightpaths[pair]
 
     def _server_args(self, state: ServiceState, site: str) -> list[str]:
         s = state.service
@@ -286,6 +310,9 @@ class EmulatedRuntime:
                 # Anything else that failed below (podman, a helper timing out) is a failed
                 # migration too: the steps above rolled back to the source.
                 raise MigrationFailed(f"{service} {src} -> {dst}: {err}") from None
+            finally:
+                # wavelengths the old placement (or a failed attempt) held go back to the pool
+                await asyncio.to_thread(self._release_unneeded)
 
     def _make_before_break(self, state: ServiceState, src: str, dst: str) -> MigrationOutcome:
         phases: dict[str, float] = {}
