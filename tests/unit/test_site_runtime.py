@@ -220,3 +220,22 @@ async def test_lightpaths_follow_the_service_on_demand(world):
     assert frozenset(("c", "b")) in pairs() and frozenset(("c", "a")) not in pairs()
     assert frozenset(("a", "b")) in pairs()
     assert [e[0] for e in log].count("release") == 1
+
+
+def test_cpu_weight_follows_the_latency_budget(world):
+    runtime, *_ = world
+    service = runtime.services["svc"].service  # 50 ms budget
+    tight = service.model_copy(update={"slo": service.slo.model_copy(update={"latency": 0.008})})
+    loose = service.model_copy(update={"slo": service.slo.model_copy(update={"latency": 1.5})})
+    assert sr.cpu_shares_for(tight) > sr.cpu_shares_for(service) > sr.cpu_shares_for(loose) >= 2
+
+
+def test_cpu_shares_reach_podman():
+    from twin.workloads.containers import ContainerSpec, create_args
+
+    spec = ContainerSpec(name="s-x-a", image="localhost/twin-workload:abc", command=("true",), cpu_shares=4096)
+    args = create_args(spec, "20261127-000000-abcdef", "runc")
+    assert args[args.index("--cpu-shares") + 1] == "4096"
+    bad = ContainerSpec(name="s-x-a", image="localhost/twin-workload:abc", command=("true",), cpu_shares=1)
+    with pytest.raises(sr.TwinError, match="cpu_shares"):
+        create_args(bad, "20261127-000000-abcdef", "runc")

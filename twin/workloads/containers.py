@@ -144,6 +144,8 @@ class ContainerSpec:
     command: tuple[str, ...]
     netns_pid: int | None = None
     cpus: float | None = None
+    #: relative CPU weight when cores are contended (cgroup cpu.shares / cpu.weight); None = default 1024
+    cpu_shares: int | None = None
     memory_bytes: int | None = None
     pids_limit: int = DEFAULT_PIDS_LIMIT
     read_only_root: bool = True
@@ -171,6 +173,8 @@ class ContainerSpec:
             raise ContainerError(f"containers: {self.name}: netns_pid {self.netns_pid!r} is not a PID; fix: a positive int")
         if self.cpus is not None and not (0.01 <= self.cpus <= 1024):
             raise ContainerError(f"containers: {self.name}: cpus {self.cpus} out of range; fix: 0.01 to 1024 cores")
+        if self.cpu_shares is not None and not (2 <= self.cpu_shares <= 262144):
+            raise ContainerError(f"containers: {self.name}: cpu_shares {self.cpu_shares} out of range; fix: 2 to 262144")
         if self.memory_bytes is not None and self.memory_bytes < 6 * 1024 * 1024:
             raise ContainerError(f"containers: {self.name}: memory_bytes {self.memory_bytes} below 6 MiB (podman's minimum); fix: raise it")
         if not (1 <= self.pids_limit <= 4_194_304):
@@ -209,6 +213,8 @@ def create_args(spec: ContainerSpec, run_id: str, oci_runtime: str | None) -> li
         args += ["--network", f"ns:/proc/{spec.netns_pid}/ns/net"]
     if spec.cpus is not None:
         args += ["--cpus", f"{spec.cpus:g}"]
+    if spec.cpu_shares is not None:
+        args += ["--cpu-shares", str(spec.cpu_shares)]
     if spec.memory_bytes is not None:
         # Swap limit = memory limit: the container never swaps past its budget.
         args += ["--memory", str(spec.memory_bytes), "--memory-swap", str(spec.memory_bytes)]
