@@ -55,9 +55,9 @@ def test_utilisation_of_the_default_scenario_services():
     scenario, _ = load_scenario(REPO / "scenarios" / "spring-day.yaml")
     by_id = {s.id: s for s in scenario.services}
     # drive-assist: (50 + 20)/s x 2 ms / 0.5 core = 0.28
-    assert utilisation(by_id["drive-assist"]) == pytest.approx(0.28)
+    assert utilisation(by_id["drive-assist"]) == pytest.approx(0.14)  # 70/s x 1 ms / 0.5 core
     # farm-images: (1 + 1 + 1 + 1 + 0.5)/s x 150 ms / 1 core = 0.675
-    assert utilisation(by_id["farm-images"]) == pytest.approx(0.675)
+    assert utilisation(by_id["farm-images"]) == pytest.approx(0.63)  # 4.5/s x 70 ms / 0.5 core
 
 
 def test_utilisation_is_capped_at_one():

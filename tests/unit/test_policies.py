@@ -177,18 +177,19 @@ def test_make_policy_errors():
 
 def test_feasible_sites_on_triangle():
     triangle = load_topology(REPO / "topologies" / "triangle.yaml")
-    # a-b 1 ms, a-c 1.5 ms one way; budget 4 ms with 1 ms service time: RTT <= 3 ms.
-    svc = service(budget="4ms", service_time="1ms", regions=("a",))
+    # a-b 1 ms, a-c 1.5 ms one way; a 1 KiB request costs 2 round trips on a new TCP
+    # connection, so budget 7 ms with 1 ms service time means RTT <= 3 ms.
+    svc = service(budget="7ms", service_time="1ms", regions=("a",))
     assert feasible_sites(svc, triangle) == {"a", "b", "c"}
-    svc = service(budget="3.5ms", service_time="1ms", regions=("a",))
+    svc = service(budget="6ms", service_time="1ms", regions=("a",))
     assert feasible_sites(svc, triangle) == {"a", "b"}
     # Two regions: every one must be met.
-    svc = service(budget="3.5ms", service_time="1ms", regions=("a", "c"))
-    assert feasible_sites(svc, triangle) == {"b"}   # a->c and c->a are 3 ms RTT + 1 > 3.5
+    svc = service(budget="6ms", service_time="1ms", regions=("a", "c"))
+    assert feasible_sites(svc, triangle) == {"b"}   # a<->c: 2 x 3 ms RTT + 1 > 6
     # A measured RTT overrides the model.
     assert feasible_sites(svc, triangle, {("a", "b"): 2.6}) == frozenset()
     # Cutting a-b sends a->b round c: 2.5 ms one way.
-    svc = service(budget="4ms", service_time="1ms", regions=("a",))
+    svc = service(budget="7ms", service_time="1ms", regions=("a",))
     assert feasible_sites(svc, triangle, cut_spans={frozenset({"a", "b"})}) == {"a", "c"}
 
 
