@@ -17,7 +17,6 @@ import pytest
 
 from twin.emulation import faults, records
 from twin.emulation.network import in_host
-from twin.emulation.probe import ProbeSummary
 from twin.emulation.session import PROBE_PORT, TwinSession
 from twin.emulation.vip import add_vip
 from twin.model import addressing as ad
