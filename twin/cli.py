@@ -209,6 +209,17 @@ def cmd_clean(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_experiment_options(p: argparse.ArgumentParser) -> None:
+    """Options `twin run` and `twin shift` share."""
+    p.add_argument("--strategy", choices=("make-before-break", "cold"), default="make-before-break",
+                   help="migration strategy (default make-before-break)")
+    p.add_argument("--time-compression", type=float, metavar="X",
+                   help="scenario seconds per wall second (default: the scenario's)")
+    p.add_argument("--force", action="store_true", help="overwrite a run directory that holds a run")
+    p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="twin", description="APN digital twin for Watt-Bit collaboration")
     parser.add_argument("--version", action="version", version=f"twin {__version__}")
@@ -254,28 +265,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="run directory to write (default: runs/<date-time>)")
     p.add_argument("--model-only", action="store_true",
                    help="no emulation, no root: the model's latencies and service times, faster than real time")
-    p.add_argument("--strategy", choices=("make-before-break", "cold"), default="make-before-break",
-                   help="migration strategy (default make-before-break)")
     p.add_argument("--link-backend", choices=("auto", "netem", "userspace"), default="auto",
                    help="link delay backend (default auto: netem when the kernel has it)")
-    p.add_argument("--time-compression", type=float, metavar="X",
-                   help="scenario seconds per wall second (default: the scenario's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's random draws (--model-only)")
-    p.add_argument("--force", action="store_true", help="overwrite a run directory that holds a run")
-    p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_experiment_options(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("shift", help="run the shifting daemon alone against a network 'twin up' is running (root)")
     p.add_argument("scenario", metavar="SCENARIO", help="scenario on the running topology")
     p.add_argument("--run", metavar="RUN_ID", help="which 'twin up' run (default: the only live one)")
     p.add_argument("--out", metavar="DIR", help="run directory to write (default: runs/shift-<date-time>)")
-    p.add_argument("--strategy", choices=("make-before-break", "cold"), default="make-before-break")
-    p.add_argument("--time-compression", type=float, metavar="X",
-                   help="scenario seconds per wall second (default: the scenario's)")
-    p.add_argument("--force", action="store_true", help="overwrite a run directory that holds a run")
-    p.add_argument("--no-report", action="store_true", help="skip plots and report.html")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_experiment_options(p)
     p.set_defaults(func=cmd_shift)
 
     p = sub.add_parser("report", help="rebuild plots/ and report.html of a run directory")

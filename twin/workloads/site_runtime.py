@@ -339,15 +339,7 @@ class EmulatedRuntime:
             self._drained(state, src)
         except ControllerUnavailable:
             log.warning("controller down while marking %s drained at %s; reconciled later", state.vip, src)
-        t4 = time.monotonic()
-        self._stop_instance(state, state.instances[src])
-        phases["stop_source_s"] = time.monotonic() - t4
-        outcome.ok = True
-        outcome.duration_s = time.monotonic() - t0
-        outcome.state_bytes = int(copied.get("bytes", 0))
-        outcome.transfer_s = float(copied.get("network_seconds", copied.get("seconds", 0.0)))
-        outcome.phases_s = {k: round(v, 4) for k, v in phases.items()}
-        outcome.phases_s["started_unix"] = round(time.time() - (time.monotonic() - t0), 4)
+        self._finish(state, src, outcome, t0, phases, copied)
         if drained.get("status") != 200:
             outcome.error = f"drain at {src} answered {drained.get('status')}: {drained.get('error')}"
         return outcome
@@ -376,6 +368,12 @@ class EmulatedRuntime:
             self._netcall(src, state.port, "POST", "/resume")
             raise
         self._drained(state, src)
+        self._finish(state, src, outcome, t0, phases, copied)
+        return outcome
+
+    def _finish(self, state: ServiceState, src: str, outcome: MigrationOutcome, t0: float,
+                phases: dict[str, float], copied: dict) -> None:
+        """Last step of every strategy: stop the source, fill in what the move cost."""
         t4 = time.monotonic()
         self._stop_instance(state, state.instances[src])
         phases["stop_source_s"] = time.monotonic() - t4
@@ -384,7 +382,7 @@ class EmulatedRuntime:
         outcome.state_bytes = int(copied.get("bytes", 0))
         outcome.transfer_s = float(copied.get("network_seconds", copied.get("seconds", 0.0)))
         outcome.phases_s = {k: round(v, 4) for k, v in phases.items()}
-        return outcome
+        outcome.phases_s["started_unix"] = round(time.time() - (time.monotonic() - t0), 4)
 
     async def apply_event(self, kind: str, span: tuple[str, str] | None, site: str | None) -> dict:
         client = self.session.client
