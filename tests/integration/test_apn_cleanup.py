@@ -70,3 +70,8 @@ def test_twin_up_check_cli_json():
     assert doc["link_backend"] in ("netem", "userspace")
     assert doc["timings_s"]["up_s"] > 0 and doc["timings_s"]["switches_connected_s"] > 0
     assert out.returncode == (0 if doc["ok"] else 1)
+    # the migration check: a containerized service moved over the longest lightpath under load
+    migration = doc["migration"]
+    assert migration["ok"], migration["text"]
+    assert migration["failed_requests"] == 0 and migration["answered_by_after"] == [migration["dst"]]
+    assert migration["state_bytes"] == 4 * 1024 * 1024 and migration["engine"].startswith("podman")
