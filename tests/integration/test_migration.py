@@ -48,8 +48,9 @@ def test_make_before_break_loses_nothing_and_moves_the_service(twin, tmp_path):
     assert result["state_bytes"] == 4 * 1024 * 1024
     # the state crossed the 600 km lightpath: at least the round trips' worth of time
     assert result["transfer_s"] > 2 * 0.0059
-    # after the move the users in Fukuoka pay the round trip to Osaka (5.9 ms on the model)
-    assert result["p99_after_ms"] > result["p99_before_ms"]
+    # after the move the users in Fukuoka pay the round trips to Osaka (2 x 5.9 ms on the model
+    # for an 8 KiB request on a new connection); medians, so one slow request cannot flip it
+    assert result["p50_after_ms"] > result["p50_before_ms"] + 5.0
     assert containers.list_run() == []  # both instances stopped by the trial
 
 

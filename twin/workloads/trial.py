@@ -101,6 +101,12 @@ def run_trial(session, scenario: Scenario, launcher, *, src: str, dst: str, stra
     result["failed_total"] = sum(1 for r in records if not r.ok)
     result["p99_before_ms"] = p99([r for r in records if r.send_unix < t0])
     result["p99_after_ms"] = p99([r for r in records if r.send_unix > t1])
+
+    def p50(rs) -> float | None:
+        return percentile([r.latency_ms for r in rs if r.ok and r.latency_ms is not None], 50.0)
+
+    result["p50_before_ms"] = p50([r for r in records if r.send_unix < t0])
+    result["p50_after_ms"] = p50([r for r in records if r.send_unix > t1])
     result["answered_by"] = sorted({r.site for r in records if r.ok and r.site})
     result["answered_by_after"] = sorted({r.site for r in records if r.ok and r.site and r.send_unix > t1 + 1})
     return result
