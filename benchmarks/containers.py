@@ -20,7 +20,6 @@ Usage: ``sudo .venv/bin/python benchmarks/containers.py [--runs 10] [--no-build]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -31,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import percentile, write_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from twin.emulation.records import RunRecord, clean_record, stop_child  # noqa: E402
@@ -40,14 +41,6 @@ from twin.workloads.image import SOURCE_DIRS, SOURCE_FILES, ImageError, require_
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT = 8080
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    rank = q / 100 * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summary(samples_s: list[float]) -> dict:
@@ -212,9 +205,7 @@ def main() -> int:
         "lifecycle": life,
         "image_build_s": {k: round(v, 2) for k, v in builds.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"\nwrote {args.out}")
+    write_result(args.out, report, indent=1)
     return 0
 
 

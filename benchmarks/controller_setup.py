@@ -20,13 +20,14 @@ Usage: ``sudo .venv/bin/python benchmarks/controller_setup.py [--cycles 100] [--
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from _common import percentile, write_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -36,14 +37,6 @@ from twin.model.validate import load_topology  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TOPOLOGY = ROOT / "topologies" / "triangle.yaml"
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    rank = q / 100 * (len(ordered) - 1)
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def summary(samples_s: list[float]) -> dict:
@@ -110,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = {"create (all)": report["lightpath_setup"], **report["cases"]}
     for name, s in rows.items():
         print(f"{name:24} {s['n']:>4} {s['p50_ms']:>8.3f} {s['p90_ms']:>8.3f} {s['p99_ms']:>8.3f} {s['max_ms']:>8.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"written {args.out}")
+    write_result(args.out, report, indent=1)
     return 0
 
 

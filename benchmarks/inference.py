@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
-import json
 import os
 import platform
 import socket
@@ -32,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import write_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from twin.tables import format_table
 from twin.workloads.loadgen import LoadConfig, run_load
@@ -147,10 +147,9 @@ def main(argv: list[str] | None = None) -> int:
               # Other processes on the same 2 cores change every figure here: say how busy it was.
               "loadavg_1min_before": round(load_before[0], 2), "loadavg_1min_after": round(os.getloadavg()[0], 2)}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nload average (1 min) before/after: {result['loadavg_1min_before']} / {result['loadavg_1min_after']}"
-          f" on {os.cpu_count()} CPUs\nwrote {out}")
+          f" on {os.cpu_count()} CPUs")
+    write_result(out, result)
     return 0
 
 

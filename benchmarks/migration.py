@@ -12,11 +12,12 @@ interruption, latency p99 before/during/after. Prints a table, writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 from pathlib import Path
+
+from _common import write_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -28,7 +29,12 @@ from twin.model.validate import load_topology  # noqa: E402
 from twin.tables import format_table  # noqa: E402
 from twin.workloads.containers import ContainerRuntime  # noqa: E402
 from twin.workloads.site_runtime import PodmanLauncher, workload_image  # noqa: E402
-from twin.workloads.trial import expected_transfer_s, run_trial, trial_scenario, trial_service  # noqa: E402
+from twin.workloads.trial import (  # noqa: E402
+    expected_transfer_s,
+    run_trial,
+    trial_scenario,
+    trial_service,
+)
 
 STRATEGIES = ("make-before-break", "cold")
 
@@ -113,10 +119,7 @@ def main() -> int:
                             "transfer_vs_expected_median": statistics.median(x["transfer_vs_expected"] for x in rs)}
                for (t, s), rs in by.items()}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "summary": summary, "state": args.state, "rate": args.rate},
-                              indent=1, default=str))
-    print(f"wrote {out}")
+    write_result(out, {"rows": rows, "summary": summary, "state": args.state, "rate": args.rate}, indent=1)
     return 0
 
 

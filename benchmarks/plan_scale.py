@@ -14,13 +14,14 @@ Usage: ``python benchmarks/plan_scale.py [--sites 100] [--spans 300] [--seed 1]
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import sys
 import time
 import tracemalloc
 from pathlib import Path
+
+from _common import write_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from twin.model.plan import default_pairs, plan_lightpaths
 from twin.model.schema import Topology
@@ -95,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     print("  ".join(h.rjust(w) for h, w in zip(headers, widths)))
     print("  ".join(str(result[h]).rjust(w) for h, w in zip(headers, widths)))
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    write_result(out, result)
     return 0
 
 

@@ -30,9 +30,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import write_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from twin.experiment.model_run import run_model_only
-from twin.model.policies import DecisionInput, Timeline, feasible_from_rtt, make_policy, model_rtt_ms, plan_oracle
+from twin.model.policies import (
+    DecisionInput,
+    Timeline,
+    feasible_from_rtt,
+    make_policy,
+    model_rtt_ms,
+    plan_oracle,
+)
 from twin.model.power import SiteSignal
 from twin.model.schema import Policy, Service, Topology
 
@@ -213,9 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {"decision": rows, "model_year": year, "seed": args.seed, "python": platform.python_version()}
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}", file=sys.stderr)
+    write_result(out, result)
     return 0
 
 

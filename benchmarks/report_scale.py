@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import write_result  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 from twin.experiment.plots import make_plots
 from twin.experiment.report import render_html
@@ -162,8 +163,7 @@ def main() -> int:
     print(f"  report.html {result['html_bytes'] / 1e6:.2f} MB; budget {result['budget_s']:.0f} s: "
           f"{'met' if result['total_s'] <= result['budget_s'] else 'NOT met'}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(out, result)
     return 0
 
 
