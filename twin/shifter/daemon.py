@@ -28,6 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from twin.model.policies import DecisionInput
 from twin.model.power import SignalSeries
 from twin.model.schema import Event, Service
 from twin.shifter.interfaces import ControllerUnavailable, MigrationFailed, Runtime
@@ -194,8 +195,6 @@ class ShiftingDaemon:
             self.on_step(t, dict(placements))
 
     def _decide(self, t: float, placements: dict[str, str]):
-        from twin.model.policies import DecisionInput
-
         signals = {site: series.at(t) for site, series in self.signals.items()}
         down = frozenset(self.down_sites)
         cut = frozenset(self.cut_spans)

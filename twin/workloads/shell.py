@@ -11,12 +11,10 @@ Commands added to the interactive shell (services come from the scenario file):
 from __future__ import annotations
 
 import asyncio
-import shlex
 import tempfile
 import time
 from pathlib import Path
 
-from twin.errors import TwinError
 from twin.model.schema import Scenario
 from twin.tables import format_table
 from twin.workloads.site_runtime import EmulatedRuntime, service_port
@@ -38,12 +36,7 @@ def workload_commands(session, scenario: Scenario, launcher) -> type:
         return by_id[name]
 
     class WorkloadCommands:
-        def _wguard(self, fn, line):
-            try:
-                fn(shlex.split(line))
-            except (TwinError, ValueError) as err:
-                print(f"error: {err}")
-
+        """Mixed into the twin shell, whose ``_guard`` turns errors into one printed line."""
         def do_services(self, line):
             """services: where each service runs, its VIP and port"""
             def show(_a):
@@ -53,7 +46,7 @@ def workload_commands(session, scenario: Scenario, launcher) -> type:
                     rows.append([s.id, s.model, state.vip, service_port(index), state.serving or "-",
                                  ", ".join(sorted(state.instances)) or "-"])
                 print(format_table(["service", "model", "VIP", "port", "serving", "instances"], rows))
-            self._wguard(show, line)
+            self._guard(show, line)
 
         def do_deploy(self, line):
             """deploy SERVICE SITE: start SERVICE at SITE and point its VIP there"""
@@ -65,7 +58,7 @@ def workload_commands(session, scenario: Scenario, launcher) -> type:
                 run(runtime.ensure_running(args[0], args[1]))
                 print(f"{args[0]} serving at {runtime.services[args[0]].serving} "
                       f"({time.monotonic() - t0:.1f} s to ready)")
-            self._wguard(deploy, line)
+            self._guard(deploy, line)
 
         def do_migrate(self, line):
             """migrate SERVICE SITE [make-before-break|cold]: move a running service"""
@@ -80,7 +73,7 @@ def workload_commands(session, scenario: Scenario, launcher) -> type:
                 phases = ", ".join(f"{k.removesuffix('_s')} {v:.2f}s" for k, v in outcome.phases_s.items())
                 print(f"{outcome.strategy} {outcome.src} -> {outcome.dst}: {outcome.duration_s:.2f} s "
                       f"({phases}); state {outcome.state_bytes} B in {outcome.transfer_s:.3f} s")
-            self._wguard(migrate, line)
+            self._guard(migrate, line)
 
         def do_load(self, line):
             """load SERVICE SECONDS [RATE_SCALE]: load from the service's regions, then summarise"""
@@ -99,7 +92,7 @@ def workload_commands(session, scenario: Scenario, launcher) -> type:
                 s = summarize(records, service.slo.latency * 1e3)
                 print(f"{s.requests} requests: {s.outcomes}; p50 {s.p50_ms} ms, p99 {s.p99_ms} ms, "
                       f"p99.9 {s.p999_ms} ms; answered by {s.sites}")
-            self._wguard(load, line)
+            self._guard(load, line)
 
     WorkloadCommands.runtime = runtime  # for teardown by the caller
     WorkloadCommands.loop = loop

@@ -94,19 +94,13 @@ def run_trial(session, scenario: Scenario, launcher, *, src: str, dst: str, stra
     t0, t1 = result["started_unix"], result["finished_unix"]
     result.update(migration_effects(records, t0, t1, LOAD_TIMEOUT_S))
 
-    def p99(rs) -> float | None:
-        return percentile([r.latency_ms for r in rs if r.ok and r.latency_ms is not None], 99.0)
-
+    before = [r.latency_ms for r in records if r.send_unix < t0 and r.ok and r.latency_ms is not None]
+    after = [r.latency_ms for r in records if r.send_unix > t1 and r.ok and r.latency_ms is not None]
     result["requests"] = len(records)
     result["failed_total"] = sum(1 for r in records if not r.ok)
-    result["p99_before_ms"] = p99([r for r in records if r.send_unix < t0])
-    result["p99_after_ms"] = p99([r for r in records if r.send_unix > t1])
-
-    def p50(rs) -> float | None:
-        return percentile([r.latency_ms for r in rs if r.ok and r.latency_ms is not None], 50.0)
-
-    result["p50_before_ms"] = p50([r for r in records if r.send_unix < t0])
-    result["p50_after_ms"] = p50([r for r in records if r.send_unix > t1])
+    for q in (50, 99):
+        result[f"p{q}_before_ms"] = percentile(before, float(q))
+        result[f"p{q}_after_ms"] = percentile(after, float(q))
     result["answered_by"] = sorted({r.site for r in records if r.ok and r.site})
     result["answered_by_after"] = sorted({r.site for r in records if r.ok and r.site and r.send_unix > t1 + 1})
     return result
