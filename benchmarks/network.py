@@ -77,7 +77,7 @@ sys.path.insert(0, str(ROOT))
 
 from tqdm import tqdm
 
-from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, in_host
+from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, in_host
 from twin.emulation.probe import ProbeSummary, percentile
 from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
 from twin.emulation.session import TwinSession
@@ -166,22 +166,6 @@ class Procs:
         for proc in self.procs:
             self.stop(proc)
         self.procs.clear()
-
-
-def ovs_other_config(key: str) -> str | None:
-    out = subprocess.run(["ovs-vsctl", "--timeout=10", "get", "Open_vSwitch", ".", "other_config"],
-                         capture_output=True, text=True, check=True).stdout
-    for item in out.strip().strip("{}").split(", "):
-        if "=" in item and item.split("=", 1)[0] == key:
-            return item.split("=", 1)[1].strip('"')
-    return None
-
-
-def set_ovs_other_config(key: str, value: str | None) -> None:
-    """Set (or with None remove) one global other_config key of Open vSwitch."""
-    args = ["set", "Open_vSwitch", ".", f"other_config:{key}={value}"] if value is not None else \
-        ["remove", "Open_vSwitch", ".", "other_config", key]
-    subprocess.run(["ovs-vsctl", "--timeout=10", *args], check=True, capture_output=True)
 
 
 def root_links() -> list[str]:
@@ -532,10 +516,9 @@ def main() -> int:
                         help="SCHED_FIFO priority of the delay engine (0: normal scheduling; default %(default)s)")
     parser.add_argument("--engine-spin-us", type=float, default=ENGINE_SPIN_US,
                         help="the delay engine busy-waits this long before each departure (default %(default)s)")
-    parser.add_argument("--pmd-maxsleep-us", type=int, default=None,
+    parser.add_argument("--pmd-maxsleep-us", type=int, default=PMD_MAXSLEEP_US,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
-                             "pmd-maxsleep, set for the run and restored after; default: the network's own, "
-                             "network.PMD_MAXSLEEP_US)")
+                             "pmd-maxsleep, for the run; default %(default)s)")
     args = parser.parse_args()
     count = args.count or (500 if args.quick else 2000)
     pairs_limit = args.pairs or (6 if args.quick else None)
@@ -560,12 +543,9 @@ def main() -> int:
                      "pairs_limit": pairs_limit, "cycles": cycles, "rates_mbps": rates, "iperf_seconds": iperf_s},
         "targets": TARGETS}
     session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority,
-                          engine_spin_us=args.engine_spin_us)
+                          engine_spin_us=args.engine_spin_us, pmd_maxsleep_us=args.pmd_maxsleep_us)
     doc["settings"].update({"port_type": args.port_type, "pmd_maxsleep_us": args.pmd_maxsleep_us,
                             "engine_rt_priority": args.engine_rt_priority, "engine_spin_us": args.engine_spin_us})
-    previous_maxsleep = ovs_other_config("pmd-maxsleep")
-    if args.pmd_maxsleep_us is not None:
-        set_ovs_other_config("pmd-maxsleep", str(args.pmd_maxsleep_us))
     t_exit = None
     try:
         with session:
@@ -614,8 +594,6 @@ def main() -> int:
         t_exit = time.monotonic() - t_exit
     finally:
         procs.close()
-        if args.pmd_maxsleep_us is not None:
-            set_ovs_other_config("pmd-maxsleep", previous_maxsleep)
     st = session.timings
     doc["engine_stats"] = engine_summary(session.network.engine_stats)
     doc["bringup"] = {"up_s": round(st["up_s"], 3), "switches_connected_s": round(st["switches_connected_s"], 3),

@@ -49,6 +49,8 @@ def test_sigkill_then_twin_clean_leaves_nothing(tmp_path):
         started = records.RunRecord.load(records.RECORD_ROOT / run_id / "record.json").processes
         assert {p.what for p in started} >= {"controller", "delay engine"} or any(
             p.what == "controller" for p in started)
+        if _afxdp_ports():  # the PMD's idle sleep is set for the run, and must go with it
+            assert during["ovs_settings"] == {"pmd-maxsleep=50"}
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -56,9 +58,34 @@ def test_sigkill_then_twin_clean_leaves_nothing(tmp_path):
     out = subprocess.run([sys.executable, "-m", "twin", "clean"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
     time.sleep(0.5)
-    assert _snapshot() == before  # ...and twin clean removed exactly them
+    assert _snapshot() == before  # ...and twin clean removed exactly them (OVS settings included)
     # No process of that run survives (engine, controller, host shells).
     assert not [p for p in started if p.alive()]
+
+
+def _afxdp_ports() -> list[str]:
+    out = subprocess.run(["ovs-vsctl", "--bare", "--columns=name", "find", "Interface", "type=afxdp"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def test_ovs_setting_of_an_operator_is_left_alone():
+    assert records.ovs_global("other_config", "pmd-maxsleep") is None, "machine has a pmd-maxsleep already"
+    subprocess.run(["ovs-vsctl", "set", "Open_vSwitch", ".", "other_config:pmd-maxsleep=77"], check=True)
+    try:
+        assert records.set_ovs_global("pmd-maxsleep", "10") is False
+        assert records.ovs_global("other_config", "pmd-maxsleep") == "77"
+        assert records.release_ovs_globals() == []
+        assert records.ovs_global("other_config", "pmd-maxsleep") == "77"
+    finally:
+        subprocess.run(["ovs-vsctl", "remove", "Open_vSwitch", ".", "other_config", "pmd-maxsleep"], check=True)
+    # Ours: set, marked, and released once no afxdp port is left.
+    assert records.set_ovs_global("pmd-maxsleep", "10") is True
+    assert records.host_state()["ovs_settings"] == {"pmd-maxsleep=10"}
+    if not _afxdp_ports():
+        assert records.release_ovs_globals() == ["OVS other_config:pmd-maxsleep=10"]
+    assert records.ovs_global("other_config", "pmd-maxsleep") is None
+    assert records.ovs_global("external_ids", "twin-pmd-maxsleep") is None
 
 
 def test_twin_up_check_cli_json():

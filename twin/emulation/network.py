@@ -44,7 +44,7 @@ from pathlib import Path
 
 from twin.emulation import link_backends
 from twin.emulation.delay_engine import ChannelSpec, DelayEngineProcess, LinkSpec
-from twin.emulation.records import OVS_TAG, RunRecord
+from twin.emulation.records import OVS_TAG, RunRecord, ovs_global, release_ovs_globals, set_ovs_global
 from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.model.optics import OpticalNetwork
@@ -57,7 +57,10 @@ DELAY_HOST = "tw_dly"
 VIP_GATEWAY_IP = "10.1.0.254"   # on-link next hop for all VIPs; its MAC is the shared VIP MAC
 VIP_GATEWAY_MAC = "02:00:03:00:00:00"
 PORT_TYPES = ("auto", "system", "afxdp", "afxdp-nonpmd")
-PMD_MAXSLEEP_US = 50   # idle PMD thread sleeps at most this long: ~25 us added per switch on average
+# An idle PMD thread sleeps at most this long between polls. Measured on japan.yaml
+# (benchmarks/README.md): 50 us costs 20 % of a core when idle and adds ~46 us per
+# switch; 10 us costs 55 % and adds ~31 us. The default leaves the CPU to workloads.
+PMD_MAXSLEEP_US = 50
 # The delay engine runs SCHED_FIFO: with normal scheduling any other busy process on a
 # 2-core machine made it late by about 1 ms on average (20 us with FIFO; benchmarks/README.md).
 # It sleeps between departures, and the kernel's RT throttling keeps 5 % of each CPU for others.
@@ -157,6 +160,7 @@ class ApnNetwork:
     port_type: str = "auto"
     engine_rt_priority: int = ENGINE_RT_PRIORITY
     engine_spin_us: float = ENGINE_SPIN_US
+    pmd_maxsleep_us: int = PMD_MAXSLEEP_US
     link_backend: str = field(init=False, default="")
     port_map: PortMap = field(init=False)
     links: list[EmulatedLink] = field(init=False)
@@ -169,7 +173,9 @@ class ApnNetwork:
         self._engine: DelayEngineProcess | None = None
         self.engine_stats: dict | None = None
         self.ovs_port_type = "system"
-        self._set_maxsleep = False
+        if not 0 <= self.pmd_maxsleep_us <= 10_000:
+            raise EmulationError(f"pmd_maxsleep_us {self.pmd_maxsleep_us} out of range; fix: 0 to 10000 "
+                                 "(OVS pmd-maxsleep)")
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "ApnNetwork":
@@ -264,9 +270,8 @@ class ApnNetwork:
                 log.warning("teardown failed: %s; run 'twin clean'", err)
         if engine is not None:
             self.engine_stats = engine.stop(timeout_s=30.0)
-        if self._set_maxsleep or self.ovs_port_type.startswith("afxdp"):
-            self._set_maxsleep = False
-            _drop_our_maxsleep()
+        if self.ovs_port_type.startswith("afxdp"):
+            release_ovs_globals()  # unless another twin run still has PMD ports
         self.timings["down_s"] = time.monotonic() - t0
 
     # -- configuration -----------------------------------------------------------------------
@@ -299,18 +304,18 @@ class ApnNetwork:
         Why: the main thread polls all its ports (and runs the bridges' housekeeping) on
         every wake-up, which put 0.3-0.5 ms per switch on japan.yaml; the PMD thread
         took about 50 us (benchmarks/README.md). With ``afxdp`` the PMD thread may sleep
-        up to ``PMD_MAXSLEEP_US`` when idle (OVS ``other_config:pmd-maxsleep``, set for
-        the run unless already set, restored at stop), so it does not spin a core.
+        up to ``pmd_maxsleep_us`` when idle (OVS ``other_config:pmd-maxsleep``, set for
+        the run unless an operator set it; removed by the last run to stop, or by
+        ``twin clean`` after a kill), so it does not spin a core.
         If OVS cannot open the ports that way, they stay ``system`` (logged) when the
         type was ``auto``.
 
         Raises:
             EmulationError: OVS could not open the ports with a type asked for explicitly.
         """
-        if port_type.startswith("afxdp") and _ovs_other_config("pmd-maxsleep") is None:
-            _run(["ovs-vsctl", "--timeout=10", "set", "Open_vSwitch", ".",
-                  f"other_config:pmd-maxsleep={PMD_MAXSLEEP_US}"], "setting pmd-maxsleep")
-            self._set_maxsleep = True
+        if port_type.startswith("afxdp") and not set_ovs_global("pmd-maxsleep", str(self.pmd_maxsleep_us)):
+            log.info("OVS pmd-maxsleep was set by someone else (%s us); leaving it",
+                     ovs_global("other_config", "pmd-maxsleep"))
         names = [p.name for sw in self.port_map.switches.values() for p in sw.ports]
         args = ["ovs-vsctl", "--timeout=60"]
         for name in names:
@@ -437,25 +442,6 @@ def _port_number(sw_ports, name: str) -> int:
         if port.name == name:
             return port.number
     raise EmulationError(f"port {name} missing from the port map of {sw_ports.site}")
-
-
-def _ovs_other_config(key: str) -> str | None:
-    """One key of Open vSwitch's global other_config, or None when unset."""
-    proc = subprocess.run(["ovs-vsctl", "--timeout=10", "get", "Open_vSwitch", ".", f"other_config:{key}"],
-                          capture_output=True, text=True)
-    return proc.stdout.strip().strip('"') if proc.returncode == 0 and proc.stdout.strip() else None
-
-
-def _drop_our_maxsleep() -> None:
-    """Remove ``pmd-maxsleep`` if it has our value and no afxdp port is left in OVS: this also
-    clears what a killed run left, and never disturbs a run that still has PMD ports."""
-    if _ovs_other_config("pmd-maxsleep") != str(PMD_MAXSLEEP_US):
-        return
-    left = subprocess.run(["ovs-vsctl", "--timeout=10", "--bare", "--columns=name", "find", "Interface",
-                           "type=afxdp"], capture_output=True, text=True)
-    if left.returncode == 0 and not left.stdout.strip():
-        subprocess.run(["ovs-vsctl", "--timeout=10", "remove", "Open_vSwitch", ".", "other_config",
-                        "pmd-maxsleep"], capture_output=True)
 
 
 def _kernel_has_ovs() -> bool:

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 RECORD_ROOT = Path(os.environ.get("TWIN_RECORD_DIR", "/run/twin"))
 OVS_TAG = "twin-run"
+# Open vSwitch's global other_config keys a run may set, each with a marker in the
+# Open_vSwitch table's external_ids (``twin-<key>=<value>``), so the last run to stop, or
+# ``twin clean`` after a kill, can tell a setting the twin made from one an operator made.
+OVS_GLOBAL_KEYS = ("pmd-maxsleep",)
 
 
 def process_start_time(pid: int) -> int | None:
@@ -227,6 +231,47 @@ def clean_record(record: RunRecord) -> list[str]:
     return removed
 
 
+def ovs_global(table_column: str, key: str) -> str | None:
+    """One key of the Open_vSwitch table's ``other_config`` or ``external_ids``; None when unset."""
+    proc = _ovs("get", "Open_vSwitch", ".", f"{table_column}:{key}")
+    return proc.stdout.strip().strip('"') if proc.returncode == 0 and proc.stdout.strip() else None
+
+
+def set_ovs_global(key: str, value: str) -> bool:
+    """Set a global OVS ``other_config`` key for twin runs, marked as the twin's.
+
+    A value an operator set (present, without the twin's marker) is left alone: returns
+    False. Otherwise sets it (the newest run's value wins) and returns True.
+    """
+    if key not in OVS_GLOBAL_KEYS:
+        raise ValueError(f"unknown OVS setting {key!r}")
+    current, marker = ovs_global("other_config", key), ovs_global("external_ids", f"twin-{key}")
+    if current is not None and marker != current:
+        return False
+    proc = _ovs("set", "Open_vSwitch", ".", f"other_config:{key}={value}", f"external_ids:twin-{key}={value}")
+    if proc.returncode != 0:
+        raise RuntimeError(f"ovs-vsctl could not set other_config:{key}: {proc.stderr.strip()}")
+    return True
+
+
+def release_ovs_globals() -> list[str]:
+    """Remove the global OVS settings twin runs made once no twin port needs them any more
+    (no interface of type afxdp is left); a setting someone changed since is left alone."""
+    left = _ovs("--bare", "--columns=name", "find", "Interface", "type=afxdp")
+    if left.returncode != 0 or left.stdout.strip():
+        return []
+    removed = []
+    for key in OVS_GLOBAL_KEYS:
+        marker = ovs_global("external_ids", f"twin-{key}")
+        if marker is None:
+            continue
+        if ovs_global("other_config", key) == marker:
+            _ovs("remove", "Open_vSwitch", ".", "other_config", key)
+            removed.append(f"OVS other_config:{key}={marker}")
+        _ovs("remove", "Open_vSwitch", ".", "external_ids", f"twin-{key}")
+    return removed
+
+
 def clean_all(include_live: bool = False) -> list[str]:
     """``twin clean``: remove what runs left behind (runs whose owner died, unless ``include_live``)."""
     removed = []
@@ -251,6 +296,7 @@ def clean_all(include_live: bool = False) -> list[str]:
     orphans = sorted(name for name, run_id in labelled_containers().items() if run_id not in live_runs)
     remove_containers(orphans)
     removed += [f"container {name} (no record)" for name in orphans]
+    removed += release_ovs_globals()
     return removed
 
 
@@ -260,11 +306,14 @@ def _owner_alive(record: RunRecord) -> bool:
 
 
 def host_state() -> dict[str, set[str]]:
-    """What exists now that a twin run could leave behind: tagged bridges, veths in this
-    namespace, run records. Tests compare it before and after a run."""
+    """What exists now that a twin run could leave behind: tagged bridges, global OVS
+    settings marked as the twin's, veths in this namespace, run records. Tests compare it before and after a run."""
     links = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True).stdout
+    settings = {f"{key}={ovs_global('other_config', key)}" for key in OVS_GLOBAL_KEYS
+                if ovs_global("external_ids", f"twin-{key}") is not None}
     return {
         "bridges": set(tagged_bridges()),
+        "ovs_settings": settings,
         "veths": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ":" in line},
         "runs": {p.name for p in RECORD_ROOT.iterdir()} if RECORD_ROOT.is_dir() else set(),
     }

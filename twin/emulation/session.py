@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twin.emulation.controller import ControllerProcess
-from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, ApnNetwork, in_host
+from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, ApnNetwork, in_host
 from twin.emulation.probe import ProbeSummary
 from twin.emulation.records import RunRecord, clean_record
 from twin.errors import TwinError
@@ -78,6 +78,7 @@ class TwinSession:
     port_type: str = "auto"     # OVS interface type of every switch port (network.PORT_TYPES)
     engine_rt_priority: int = ENGINE_RT_PRIORITY  # SCHED_FIFO priority of the delay engine (0: normal)
     engine_spin_us: float = ENGINE_SPIN_US           # the engine busy-waits this long before a departure
+    pmd_maxsleep_us: int = PMD_MAXSLEEP_US           # OVS PMD's longest idle sleep (accuracy vs CPU)
     record: RunRecord = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
 
@@ -113,7 +114,7 @@ class TwinSession:
         portmap_path = self.record.directory / "portmap.json"
         network = ApnNetwork(self.topology, self.record, controller_port=0, backend=self.backend,
                              port_type=self.port_type, engine_rt_priority=self.engine_rt_priority,
-                             engine_spin_us=self.engine_spin_us)
+                             engine_spin_us=self.engine_spin_us, pmd_maxsleep_us=self.pmd_maxsleep_us)
         network.port_map.save(portmap_path)
         self.controller = ControllerProcess(self.topology_path, portmap_path=portmap_path,
                                             workdir=self.record.directory, api_port=self.api_port)
