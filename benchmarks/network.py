@@ -185,6 +185,11 @@ def compute_ip(session: TwinSession, site: str) -> str:
     return session.network.host_ip(site, ad.COMPUTE, ad.APN_PLANE)
 
 
+# Probe spacing: Poisson by default (RFC 2330 11.1.1; a periodic stream can lock onto the
+# PMD thread's sleep cycle and see one phase of it); --periodic for the old behaviour.
+POISSON = ["--poisson"]
+
+
 def probe_samples(session: TwinSession, procs: Procs, src: str, dst: str, *, count: int,
                   rate: float) -> tuple[ProbeSummary, list[list[float]]]:
     """Like TwinSession.probe (apn plane), but also returns the per-probe samples."""
@@ -199,7 +204,7 @@ def probe_samples(session: TwinSession, procs: Procs, src: str, dst: str, *, cou
         proc = subprocess.run(in_host(users_pid(session, src), [PY, "-m", "twin.emulation.probe", "send", "--dst",
                                                                 dst_ip, "--port", str(PROBE_PORT), "--rate",
                                                                 str(rate), "--count", str(count), "--json",
-                                                                "--samples"]),
+                                                                "--samples", *POISSON]),
                               check=False, capture_output=True, text=True, timeout=count / rate + 30,
                               env=ENV, cwd=ROOT)
     finally:
@@ -222,10 +227,16 @@ def sd(values: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
-def accuracy(lp: dict, summary: ProbeSummary, samples, overhead_us: float) -> dict:
+def charged_switches(lp: dict, calibrated: bool) -> int:
+    """Switch passes the error subtracts the overhead for: one when the spans are calibrated
+    (their transit time is already out of the engine's holds), else one per site on the route."""
+    return 1 if calibrated else len(lp["route"])
+
+
+def accuracy(lp: dict, summary: ProbeSummary, samples, overhead_us: float, calibrated: bool) -> dict:
     """Error statistics of one probed lightpath (see the module docstring for definitions)."""
     model_us = lp["one_way_ms"] * 1e3
-    switches = len(lp["route"])
+    switches = charged_switches(lp, calibrated)
     ow = one_way(samples)
     raw = [v - model_us for v in ow]
     corr = [v - model_us - overhead_us * switches for v in ow]
@@ -312,10 +323,11 @@ def pick_pair_for_bulk(made: list[dict]) -> tuple[dict, dict]:
 def part_accuracy(session, procs, made, overhead_us, count, rate) -> tuple[list[dict], list[float]]:
     """Rows per lightpath, and every |corrected error| of all pairs pooled."""
     rows, pooled = [], []
+    calibrated = session.calibration is not None
     for lp in tqdm(made, desc="delay accuracy", unit="pair", file=sys.stderr):
         summary, samples = probe_samples(session, procs, lp["src"], lp["dst"], count=count, rate=rate)
-        rows.append(accuracy(lp, summary, samples, overhead_us))
-        model_us, switches = lp["one_way_ms"] * 1e3, len(lp["route"])
+        rows.append(accuracy(lp, summary, samples, overhead_us, calibrated))
+        model_us, switches = lp["one_way_ms"] * 1e3, charged_switches(lp, calibrated)
         pooled += [abs(v - model_us - overhead_us * switches) for v in one_way(samples)]
     return rows, pooled
 
@@ -334,7 +346,7 @@ def part_bulk(session, procs, made, overhead_us, count, rate, rates_mbps, second
             time.sleep(min(2.0, seconds / 4))  # past slow start
             summary, samples = probe_samples(session, procs, probed["src"], probed["dst"], count=count, rate=rate)
             tcp = iperf_result(procs, server, client, seconds)
-            row = accuracy(probed, summary, samples, overhead_us)
+            row = accuracy(probed, summary, samples, overhead_us, session.calibration is not None)
             row.update({"case": label, "tbf_mbps": round(rate_bps / 1e6, 1), **tcp})
             row["holds"] = (row["p99_abs_err_us"] <= TARGETS["p99_abs_err_us_with_bulk"] and row["reordered"] == 0
                             and row["lost"] == 0)
@@ -441,9 +453,11 @@ def print_report(doc: dict) -> None:
         ["  network build (Mininet objects)", fmt(t.get("build_s"), ".2f"), ""],
         ["  network start (engine, bridges, hosts)", fmt(t.get("network_up_s"), ".2f"), ""],
         ["  switches connected (from start)", fmt(t["switches_connected_s"], ".2f"), ""],
+        ["calibrate span transit (after up)", fmt(t.get("calibration_s"), ".2f"), ""],
         [f"set up all lightpaths ({t['lightpaths_made']} made, {t['lightpaths_blocked']} blocked)",
          fmt(t["lightpaths_s"], ".2f"), ""],
-        ["up + lightpaths", fmt(t["up_s"] + t["lightpaths_s"], ".2f"), ""],
+        ["up + calibration + lightpaths", fmt(t["up_s"] + t.get("calibration_s", 0) + t["lightpaths_s"], ".2f"),
+         f"< {TARGETS['up_s']:g}"],
         ["tear down (TwinSession.stop)", fmt(t["down_s"], ".2f"), f"< {TARGETS['down_s']:g}"],
     ]))
     left = doc["leftovers"]
@@ -455,8 +469,13 @@ def print_report(doc: dict) -> None:
           f"{'clean' if left['clean'] else 'NOT CLEAN'}")
 
     a = doc["accuracy"]
-    print(f"\n== 2. Delay accuracy, {a['count']} probes per lightpath at {a['rate_pps']:g}/s, forward+backward "
-          f"pooled; overhead per switch {a['overhead_us']:.1f} us one way")
+    cal = doc.get("calibration")
+    how = (f"spans calibrated (per-span advance {min(r['advance_ab_us'] for r in cal['spans'] if 'advance_ab_us' in r):.0f}"
+           f"-{max(max(r['advance_ab_us'], r['advance_ba_us']) for r in cal['spans'] if 'advance_ab_us' in r):.0f} us), "
+           f"baseline {a['overhead_us']:.1f} us subtracted once" if cal else
+           f"not calibrated, overhead per switch {a['overhead_us']:.1f} us subtracted per site on the route")
+    print(f"\n== 2. Delay accuracy, {a['count']} probes per lightpath at {a['rate_pps']:g}/s "
+          f"({doc['settings'].get('probe_spacing', 'periodic')}), forward+backward pooled; {how}")
     print(format_table(
         ["pair", "route", "λ", "model us", "meas med us", "raw med err", "corr med|err|", "corr p99|err|",
          "max|err|", "jitter sd", "lost", "reord", "ok"],
@@ -516,6 +535,9 @@ def main() -> int:
                         help="SCHED_FIFO priority of the delay engine (0: normal scheduling; default %(default)s)")
     parser.add_argument("--engine-spin-us", type=float, default=ENGINE_SPIN_US,
                         help="the delay engine busy-waits this long before each departure (default %(default)s)")
+    parser.add_argument("--no-calibrate", action="store_true",
+                        help="leave the emulator's per-span transit time in the delays (TwinSession.calibrate_transit)")
+    parser.add_argument("--periodic", action="store_true", help="periodic probes instead of Poisson spacing")
     parser.add_argument("--pmd-maxsleep-us", type=int, default=PMD_MAXSLEEP_US,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
                              "pmd-maxsleep, for the run; default %(default)s)")
@@ -542,9 +564,13 @@ def main() -> int:
         "settings": {"topology": args.topology, "quick": args.quick, "count": count, "rate_pps": args.rate,
                      "pairs_limit": pairs_limit, "cycles": cycles, "rates_mbps": rates, "iperf_seconds": iperf_s},
         "targets": TARGETS}
+    if args.periodic:
+        POISSON.clear()
     session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority,
-                          engine_spin_us=args.engine_spin_us, pmd_maxsleep_us=args.pmd_maxsleep_us)
-    doc["settings"].update({"port_type": args.port_type, "pmd_maxsleep_us": args.pmd_maxsleep_us,
+                          engine_spin_us=args.engine_spin_us, pmd_maxsleep_us=args.pmd_maxsleep_us,
+                          calibrate=not args.no_calibrate)
+    doc["settings"].update({"calibrate": not args.no_calibrate, "probe_spacing": "periodic" if args.periodic
+                            else "poisson", "port_type": args.port_type, "pmd_maxsleep_us": args.pmd_maxsleep_us,
                             "engine_rt_priority": args.engine_rt_priority, "engine_spin_us": args.engine_spin_us})
     t_exit = None
     try:
@@ -574,8 +600,10 @@ def main() -> int:
                 "count": count, "rate_pps": args.rate, "overhead_us": round(overhead_us, 2),
                 "overhead_site": site0, "overhead_sd_us": round(sd(base_ow), 2),
                 "overhead_p99_us": round(percentile(base_ow, 99), 1),
-                "error_definition": "corrected = one-way - model - overhead x switches crossed (sites on the "
-                                    "route); raw = one-way - model; forward and backward pooled",
+                "error_definition": ("corrected = one-way - model - overhead (spans calibrated: one switch pass)"
+                                     if session.calibration else "corrected = one-way - model - overhead x "
+                                     "switches crossed (sites on the route)") + "; raw = one-way - model; forward "
+                                    "and backward pooled",
                 "rows": rows, "blocked": blocked,
                 "overall": {"pairs": len(rows), "pairs_ok": sum(r["ok"] for r in rows),
                             "worst_median_abs_err_us": max(r["median_abs_err_us"] for r in rows),
@@ -586,6 +614,7 @@ def main() -> int:
                                                                              for r in rows], 50), 1),
                             "worst_raw_median_abs_err_us": max(r["raw_median_abs_err_us"] for r in rows),
                             "reordered": sum(r["reordered"] for r in rows), "lost": sum(r["lost"] for r in rows)}}
+            doc["calibration"] = session.calibration
             doc["bulk"] = part_bulk(session, procs, made, overhead_us, count, args.rate, rates, iperf_s)
             doc["setup"] = part_setup(session, procs, made, cycles)
             net_timings = dict(net.timings)
@@ -598,6 +627,7 @@ def main() -> int:
     doc["engine_stats"] = engine_summary(session.network.engine_stats)
     doc["bringup"] = {"up_s": round(st["up_s"], 3), "switches_connected_s": round(st["switches_connected_s"], 3),
                       "connect_wait_s": round(st["connect_wait_s"], 3), "lightpaths_s": round(st["lightpaths_s"], 3),
+                      "calibration_s": round(st.get("calibration_s", 0.0), 3),
                       "lightpaths_made": len(made), "lightpaths_blocked": len(blocked),
                       "down_s": round(st["down_s"], 3), "exit_s": round(t_exit, 3) if t_exit is not None else None,
                       "build_s": round(net_timings.get("build_s", float("nan")), 3),

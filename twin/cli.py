@@ -104,7 +104,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         if scenario_topology.name != load_topology(args.topology).name:
             raise TwinError(f"{args.scenario}: its topology is {scenario_topology.name!r}, not "
                             f"{args.topology}; pass the scenario's topology or another scenario")
-    tuning = {} if args.pmd_maxsleep_us is None else {"pmd_maxsleep_us": args.pmd_maxsleep_us}
+    tuning = {"calibrate": not args.no_calibrate}
+    if args.pmd_maxsleep_us is not None:
+        tuning["pmd_maxsleep_us"] = args.pmd_maxsleep_us
     with TwinSession(args.topology, backend=args.link_backend, api_port=args.api_port, **tuning) as session:
         if args.check:
             extra = {}
@@ -154,7 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         summary = run_emulated(args.scenario, out, strategy=args.strategy, link_backend=args.link_backend,
                                time_compression=args.time_compression, progress=not args.quiet,
-                               overwrite=args.force, build_report=not args.no_report)
+                               overwrite=args.force, build_report=not args.no_report,
+                               calibrate=not args.no_calibrate)
     print(format_run_summary(summary, out))
     return 0
 
@@ -252,6 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pmd-maxsleep-us", type=int, default=None, metavar="US",
                    help="OVS PMD thread's longest idle sleep: lower is more accurate and costs more CPU "
                         "(10: ~31 us per switch, 55%% of a core when idle; default 50: ~46 us, 20%%)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep the emulator's own per-span transit time (15-180 us per span here) in the delays")
     p.add_argument("--count", type=int, default=500, help="probes per pair with --check (default 500)")
     p.add_argument("--rate", type=float, default=500.0, help="probes per second with --check (default 500)")
     # 300 us: the OVS userspace datapath's own noise on a 2-core machine (README, "Measured");
@@ -272,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--link-backend", choices=("auto", "netem", "userspace"), default="auto",
                    help="link delay backend (default auto: netem when the kernel has it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the model's random draws (--model-only)")
+    p.add_argument("--no-calibrate", action="store_true",
+                   help="keep the emulator's own per-span transit time in the delays (see twin up)")
     _add_experiment_options(p)
     p.set_defaults(func=cmd_run)
 

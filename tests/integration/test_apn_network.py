@@ -63,7 +63,8 @@ def test_probes_match_the_model_over_a_transit_site(session):
         for lp in held:
             session.client.delete_lightpath(lp["id"])
         probe = session.probe("a", "c", count=500, rate=500)
-        switches = 3
+        # Calibrated spans carry no emulator transit time: only the path's ends pay the baseline.
+        switches = 1 if session.calibration else 3
         expected_ms = via_b["one_way_ms"] + baseline_ms * switches
         measured_ms = probe.forward_us.median / 1e3
         # The OVS userspace datapath adds ~0.2 ms of noise per path on 2 cores (benchmarks/README.md).
@@ -73,6 +74,32 @@ def test_probes_match_the_model_over_a_transit_site(session):
         assert abs(probe.rtt_us.median / 1e3 - 2 * expected_ms) < 0.5
     finally:
         session.client.delete_lightpath(via_b["id"])
+
+
+def test_transit_calibration_measured_every_span_and_moves_real_packets(session):
+    from twin.emulation.session import MAX_ADVANCE_US
+
+    if session.network.link_backend != "userspace":
+        pytest.skip("calibration is for the userspace delay engine")
+    cal = session.calibration
+    assert [row["span"] for row in cal["spans"]] == ["a-b", "b-c", "a-c"]
+    for row in cal["spans"]:
+        assert 0 <= row["advance_ab_us"] <= MAX_ADVANCE_US and 0 <= row["advance_ba_us"] <= MAX_ADVANCE_US
+    # The advance really moves packets, in one direction only: 250 us more on a->b.
+    ab = next(row for row in cal["spans"] if row["span"] == "a-b")
+    lp = session.client.create_lightpath("a", "b", route=["a", "b"])
+    try:
+        before = session.probe("a", "b", count=400, rate=500)
+        session.network.set_transit_advance({("a", "b"): ab["advance_ab_us"] + 250.0})
+        after = session.probe("a", "b", count=400, rate=500)
+    finally:
+        session.network.set_transit_advance({("a", "b"): ab["advance_ab_us"]})
+        session.client.delete_lightpath(lp["id"])
+    forward_gain = before.forward_us.median - after.forward_us.median
+    backward_gain = before.backward_us.median - after.backward_us.median
+    assert 150 < forward_gain < 350, (forward_gain, before.forward_us.median, after.forward_us.median)
+    assert abs(backward_gain) < 100, backward_gain
+    assert after.lost == 0 and after.reordered == 0
 
 
 def test_packet_network_shows_more_delay_and_jitter_than_the_lightpath(session):

@@ -122,6 +122,42 @@ def test_set_pace_changes_one_channel_only():
         q.set_pace(555, 1e6)
 
 
+def test_advance_shortens_every_channel_of_the_direction_and_never_below_zero():
+    q = DirectionQueues(trunk(), 0)
+    q.set_advance(80.0)
+    assert q.admit(0, 100, 64) == 920_000 and q.admit(0, 101, 64) == 920_000
+    q.set_advance(5000.0)                                      # more than the delay: held 0, not negative
+    assert q.admit(10 * MS, 100, 64) == 10 * MS
+    q.set_advance(0.0)
+    assert q.admit(20 * MS, 100, 64) == 21 * MS                # back to the configured 1 ms
+    with pytest.raises(DelayEngineError):
+        q.set_advance(-1.0)
+
+
+def test_control_file_applies_advances(tmp_path):
+    from twin.emulation.delay_engine import apply_control_file
+
+    class Engine:
+        def __init__(self):
+            self.calls = []
+
+        def set_pace(self, *args):
+            self.calls.append(("pace", *args))
+
+        def set_advance(self, *args):
+            self.calls.append(("advance", *args))
+
+    engine, path = Engine(), tmp_path / "control.json"
+    path.write_text(json.dumps({"seq": 7, "advance": [{"link": "a_b", "direction": "b->a", "advance_us": 42}]}))
+    apply_control_file(engine, path)
+    assert engine.calls == [("advance", "a_b", "b->a", 42.0)]
+    assert json.loads((tmp_path / "control.json.ack").read_text()) == {"seq": 7, "error": None}
+    path.write_text(json.dumps({"seq": 8, "advance": [{"link": "a_b"}]}))   # no direction: refused, said why
+    apply_control_file(engine, path)
+    ack = json.loads((tmp_path / "control.json.ack").read_text())
+    assert ack["seq"] == 8 and "direction" in ack["error"]
+
+
 def test_channels_validated_and_survive_json():
     link = trunk(w0=100e6)
     assert LinkSpec.from_dict(json.loads(json.dumps(dataclasses.asdict(link)))) == link

@@ -482,11 +482,28 @@ class DepartureScheduler:
 
     def __init__(self, delay_us: float, jitter: JitterSampler | None = None, router: RouterQueue | None = None,
                  pacer: TokenBucket | None = None):
-        self.delay_ns = int(round(delay_us * 1000))
+        self.configured_ns = int(round(delay_us * 1000))
+        self.advance_ns = 0
+        self.delay_ns = self.configured_ns
         self.jitter = jitter if jitter is not None and jitter.dist != "none" else None
         self.router = router
         self.pacer = pacer
         self.last_departure_ns = 0
+
+    def set_advance(self, advance_us: float) -> None:
+        """Hold frames ``advance_us`` less than configured (never below zero): the emulator's
+        own transit time on this hop (switch and engine passes, measured by calibration),
+        so the end-to-end delay is the configured one rather than configured + overhead.
+
+        >>> s = DepartureScheduler(500.0); s.set_advance(80.0); s.departure(0)
+        420000
+        >>> s.set_advance(900.0); s.departure(10**6)
+        1000000
+        """
+        if not (advance_us >= 0 and math.isfinite(advance_us)):
+            raise DelayEngineError(f"advance must be a finite number >= 0 us, got {advance_us!r}")
+        self.advance_ns = int(round(advance_us * 1000))
+        self.delay_ns = max(0, self.configured_ns - self.advance_ns)
 
     def departure(self, arrival_ns: int, frame_bytes: int = 0) -> int | None:
         if self.pacer is not None:
@@ -592,6 +609,11 @@ class DirectionQueues:
         if sched is None:
             raise DelayEngineError(f"no channel with vid {vid!r}")
         sched.pacer = TokenBucket(pace_bps) if pace_bps else None
+
+    def set_advance(self, advance_us: float) -> None:
+        """Shorten every channel's hold by ``advance_us`` (see :meth:`DepartureScheduler.set_advance`)."""
+        for sched in ([self.catch_all] if self.catch_all is not None else []) + list(self.channels.values()):
+            sched.set_advance(advance_us)
 
     def stats_dict(self) -> dict:
         out = {("all" if vid == ANY_VID else "untagged" if vid is None else str(vid)): st.as_dict()
@@ -882,6 +904,17 @@ class DelayEngine:
         for d in dirs:
             d.queues.set_pace(vid, pace_bps)
 
+    def set_advance(self, link_name: str, direction: str, advance_us: float) -> None:
+        """Shorten the holds of one direction (``a->b`` or ``b->a``) of a link by ``advance_us``.
+
+        Raises:
+            DelayEngineError: no such link or direction, or a bad value.
+        """
+        dirs = [d for d in self._dirs if d.name == f"{link_name}:{direction}"]
+        if not dirs:
+            raise DelayEngineError(f"no link direction {link_name}:{direction}")
+        dirs[0].queues.set_advance(advance_us)
+
     def run(self, stop: threading.Event, control: Callable[["DelayEngine"], None] | None = None,
             control_due: threading.Event | None = None) -> None:
         """Forward frames until ``stop`` is set. The hot loop; locals are bound for speed.
@@ -1027,8 +1060,9 @@ def tune_process(*, rt_priority: int = 0, cpu: int | None = None, freeze_gc: boo
 
 
 def apply_control_file(engine: "DelayEngine", path: str | os.PathLike) -> None:
-    """Apply a control request ``{"seq": N, "pace": [{"link", "vid", "pace_bps"}, ...]}`` and
-    acknowledge it in ``<path>.ack`` as ``{"seq": N, "error": null | "..."}``."""
+    """Apply a control request ``{"seq": N, "pace": [{"link", "vid", "pace_bps"}, ...],
+    "advance": [{"link", "direction", "advance_us"}, ...]}`` and acknowledge it in
+    ``<path>.ack`` as ``{"seq": N, "error": null | "..."}``."""
     path = Path(path)
     seq, error = None, None
     try:
@@ -1036,6 +1070,8 @@ def apply_control_file(engine: "DelayEngine", path: str | os.PathLike) -> None:
         seq = request.get("seq")
         for item in request.get("pace", []):
             engine.set_pace(item["link"], item.get("vid"), item.get("pace_bps"))
+        for item in request.get("advance", []):
+            engine.set_advance(item["link"], item["direction"], float(item["advance_us"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError, TwinError) as exc:
         error = f"{path}: {exc}"
     tmp = Path(f"{path}.ack.tmp")
@@ -1153,13 +1189,25 @@ class DelayEngineProcess:
         Raises:
             DelayEngineError: the engine is not running, refused a change, or did not answer.
         """
+        self._control({"pace": [{"link": link, "vid": vid, "pace_bps": bps} for link, vid, bps in changes]},
+                      timeout_s)
+
+    def set_advance(self, changes: Sequence[tuple[str, str, float]], timeout_s: float = 5.0) -> None:
+        """Shorten holds of the running engine: (link name, ``a->b`` or ``b->a``, advance us) each.
+
+        Raises:
+            DelayEngineError: the engine is not running, refused a change, or did not answer.
+        """
+        self._control({"advance": [{"link": link, "direction": direction, "advance_us": us}
+                                   for link, direction, us in changes]}, timeout_s)
+
+    def _control(self, request: dict, timeout_s: float) -> None:
         if self.proc is None or self.proc.poll() is not None:
             raise DelayEngineError("the delay engine is not running")
         self._control_seq += 1
         seq = self._control_seq
         tmp = Path(f"{self.control_path}.tmp")
-        tmp.write_text(json.dumps({"seq": seq, "pace": [{"link": link, "vid": vid, "pace_bps": bps}
-                                                         for link, vid, bps in changes]}))
+        tmp.write_text(json.dumps({"seq": seq, **request}))
         tmp.replace(self.control_path)
         ack = Path(f"{self.control_path}.ack")
         self.proc.send_signal(signal.SIGUSR1)

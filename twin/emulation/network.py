@@ -376,6 +376,24 @@ class ApnNetwork:
             raise EmulationError("changing a wavelength's rate needs the userspace link backend")
         self._engine.set_pace([(link.name, channel.vid, rate_bps)])
 
+    def set_transit_advance(self, advances: dict[tuple[str, str], float]) -> None:
+        """Shorten the engine's hold on directed spans: ``{(a, b): us}`` for frames going a -> b
+        (every channel of the span: wavelengths and the packet network). Calibration uses
+        this to take the emulator's own per-span transit time out of the configured delay.
+
+        Raises:
+            EmulationError: no such span, or the backend is not the userspace engine.
+        """
+        if self._engine is None:
+            raise EmulationError("transit advance needs the userspace link backend")
+        changes = []
+        for (a, b), us in advances.items():
+            link = next((lk for lk in self.links if {lk.a, lk.b} == {a, b}), None)
+            if link is None:
+                raise EmulationError(f"no span {a}-{b}")
+            changes.append((link.name, "a->b" if (a, b) == (link.a, link.b) else "b->a", float(us)))
+        self._engine.set_advance(changes)
+
     def _configure_hosts(self) -> None:
         """Addresses, MACs, static ARP for every host and the VIP gateway; offloads off."""
         hosts = [p for sw in self.port_map.switches.values() for p in sw.host_ports()]

@@ -55,6 +55,7 @@ import ctypes.util
 import dataclasses
 import json
 import math
+import random
 import select
 import socket
 import struct
@@ -344,13 +345,38 @@ def reflect(bind: str, port: int, *, max_packets: int | None = None) -> None:
         sock.sendto(buf, addr)
 
 
+def send_offsets_ns(rate_pps: float, count: int, *, poisson: bool = False, seed: int = 1) -> list[int]:
+    """Send times (ns from the start) of ``count`` probes at a mean of ``rate_pps``.
+
+    Periodic by default; ``poisson`` draws exponential gaps (RFC 2330 section 11.1.1):
+    a periodic stream can lock onto a periodic process in the path (a polling
+    thread's sleep, a timer) and see the same phase of it every time.
+
+    >>> send_offsets_ns(1000.0, 3)
+    [0, 1000000, 2000000]
+    >>> offsets = send_offsets_ns(1000.0, 20000, poisson=True)
+    >>> 0.97 < offsets[-1] / 20000 / 1e6 < 1.03 and offsets == sorted(offsets)
+    True
+    """
+    interval = 1e9 / rate_pps
+    if not poisson:
+        return [int(i * interval) for i in range(count)]
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(count):
+        out.append(int(t))
+        t += rng.expovariate(1.0) * interval
+    return out
+
+
 def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
-         wait_s: float = 1.0) -> tuple[list[Sample], float]:
+         wait_s: float = 1.0, poisson: bool = False, seed: int = 1) -> tuple[list[Sample], float]:
     """Send ``count`` probes at ``rate_pps``; return (replies in arrival order, achieved rate).
 
-    Pacing is on an absolute schedule (no drift): sleep in ``select`` until
-    ``SPIN_NS`` before each send time, then busy-wait; replies are read while
-    waiting. After the last probe, replies are awaited for ``wait_s``.
+    Pacing is on an absolute schedule (no drift; periodic, or Poisson with
+    ``poisson``): sleep in ``select`` until ``SPIN_NS`` before each send time,
+    then busy-wait; replies are read while waiting. After the last probe,
+    replies are awaited for ``wait_s``.
 
     Raises:
         ProbeError: bad arguments.
@@ -370,7 +396,7 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
     clock = time.time_ns
     mono = time.monotonic_ns
     samples: list[Sample] = []
-    interval = 1e9 / rate_pps
+    offsets = send_offsets_ns(rate_pps, count, poisson=poisson, seed=seed)
 
     def read_replies() -> None:
         while True:
@@ -387,7 +413,7 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
 
     start = mono()
     for i in range(count):
-        due = start + int(i * interval)
+        due = start + offsets[i]
         while True:
             remaining = due - mono()
             if remaining <= SPIN_NS:
@@ -466,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--count", type=int, default=1000)
     s.add_argument("--size", type=int, default=64, help=f"UDP payload bytes (>= {MIN_SIZE})")
     s.add_argument("--wait", type=float, default=1.0, help="seconds to wait for late replies")
+    s.add_argument("--poisson", action="store_true", help="exponential gaps (RFC 2330) instead of periodic")
+    s.add_argument("--seed", type=int, default=1, help="seed of the Poisson gaps")
     s.add_argument("--json", action="store_true", help="print the twin.probe/1 JSON document")
     s.add_argument("--samples", action="store_true", help="include per-packet samples in the JSON")
     args = parser.parse_args(argv)
@@ -477,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             return 0
         samples, achieved = send(args.dst, args.port, rate_pps=args.rate, count=args.count, size=args.size,
-                                 wait_s=args.wait)
+                                 wait_s=args.wait, poisson=args.poisson, seed=args.seed)
         summary = summarize(samples, sent=args.count, rate_pps_requested=args.rate, rate_pps_achieved=achieved,
                             size_bytes=args.size)
         print(to_json(summary, samples if args.samples else None) if args.json else _format_text(summary))

@@ -55,8 +55,15 @@ def run_check(session: TwinSession, *, as_json: bool, count: int, rate: float, t
     if as_json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"link backend: {result['link_backend']}; emulator overhead per switch "
-              f"{result['baseline_one_way_ms']} ms one way (subtracted); tolerance ±{tolerance_ms} ms")
+        cal = session.calibration
+        if cal:
+            print(f"link backend: {result['link_backend']}; spans calibrated in {cal['seconds']} s (engine holds "
+                  f"shortened by the measured transit time per span); emulator baseline "
+                  f"{result['baseline_one_way_ms']} ms one way (subtracted once); tolerance ±{tolerance_ms} ms")
+        else:
+            print(f"link backend: {result['link_backend']}; emulator overhead per switch "
+                  f"{result['baseline_one_way_ms']} ms one way (subtracted per site on the route); "
+                  f"tolerance ±{tolerance_ms} ms")
         rows = [[f"{c.src}-{c.dst}", "-".join(c.route), f"{c.model_one_way_ms:.3f}",
                  f"{c.measured_one_way_ms:.3f}", f"{c.error_ms * 1e3:+.0f}", f"{c.probe.rtt_us.median / 1e3:.3f}",
                  f"{c.probe.forward_us.stdev:.0f}", c.probe.lost, c.probe.reordered, "ok" if c.ok else "OFF"]

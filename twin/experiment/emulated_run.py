@@ -61,7 +61,7 @@ LOAD_TIMEOUT_S = 5.0
 def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: str = "make-before-break",
                  link_backend: str = "auto", time_compression: float | None = None, progress: bool = True,
                  overwrite: bool = False, build_report: bool = True, attach_to: str | None = None,
-                 attach: bool = False) -> dict:
+                 attach: bool = False, calibrate: bool = True) -> dict:
     """Run the scenario on the emulated twin and write the run directory; returns summary.json's content.
 
     With ``attach`` (``twin shift``) the network is the one a running ``twin up``
@@ -101,11 +101,12 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
             base = _experiment(session, scenario, topology, signals, model, compression, strategy, {}, events,
                                placements, info, writer.path, progress)
         else:
-            with TwinSession(topology_path, backend=link_backend) as session:
+            with TwinSession(topology_path, backend=link_backend, calibrate=calibrate) as session:
                 # Lightpaths are set up on demand (where services and their users are) and
                 # released when no longer needed: the whole mesh does not fit the wavelengths.
                 info["lightpaths"] = []
                 info["link_backend"] = session.network.link_backend
+                info["calibration"] = session.calibration
                 overrides = _measure_tight_pairs(session, scenario, topology, probes)
                 base = _experiment(session, scenario, topology, signals, model, compression, strategy, overrides,
                                    events, placements, info, writer.path, progress)
@@ -350,7 +351,8 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
                 "lightpaths": [{"src": lp["src"], "dst": lp["dst"], "route": lp.get("route"),
                                 "wavelength": lp.get("wavelength"), "one_way_ms": lp.get("one_way_ms")}
                                for lp in info.get("lightpaths", [])],
-                "load_generator_failures": info.get("load_failures", [])})
+                "load_generator_failures": info.get("load_failures", []),
+                "transit_calibration": info.get("calibration")})
     writer.write_run(run)
     summary = {
         "format": 1, "scenario": scenario.name, "mode": "emulated", "policy": scenario.policy.name,
