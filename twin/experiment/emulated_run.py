@@ -82,6 +82,9 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
     compression = time_compression or scenario.time_compression
     signals = load_signals(scenario, scenario_path.parent, topology)
     model = simulate(scenario, topology, signals)
+    from twin.workloads.site_runtime import workload_image
+
+    image = workload_image()  # before anything starts: a missing image is a one-line fix, not a torn-down run
     writer = RunDirWriter(out_dir, overwrite=overwrite)
     events: list[dict] = []
     placements: dict[float, dict[str, str]] = {}
@@ -98,8 +101,8 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
                                 f"'twin up {topology_path}' or pick another scenario")
             info["lightpaths"] = session.client.lightpaths()
             info["link_backend"] = f"attached to run {session.record.run_id}"
-            base = _experiment(session, scenario, topology, signals, model, compression, strategy, {}, events,
-                               placements, info, writer.path, progress)
+            base = _experiment(session, image, scenario, topology, signals, model, compression, strategy, {},
+                               events, placements, info, writer.path, progress)
         else:
             with TwinSession(topology_path, backend=link_backend, calibrate=calibrate) as session:
                 # Lightpaths are set up on demand (where services and their users are) and
@@ -108,8 +111,8 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
                 info["link_backend"] = session.network.link_backend
                 info["calibration"] = session.calibration
                 overrides = _measure_tight_pairs(session, scenario, topology, probes)
-                base = _experiment(session, scenario, topology, signals, model, compression, strategy, overrides,
-                                   events, placements, info, writer.path, progress)
+                base = _experiment(session, image, scenario, topology, signals, model, compression, strategy,
+                                   overrides, events, placements, info, writer.path, progress)
     except BaseException:
         writer.close()
         raise
@@ -122,18 +125,13 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
     return summary
 
 
-def _experiment(session, scenario, topology, signals, model, compression, strategy, overrides, events, placements,
-                info, run_dir: Path, progress: bool) -> TimeBase:
+def _experiment(session, image, scenario, topology, signals, model, compression, strategy, overrides, events,
+                placements, info, run_dir: Path, progress: bool) -> TimeBase:
     """Containers, load and the daemon on a running network; returns the wall/scenario time base."""
     from twin.workloads.containers import ContainerRuntime
     from twin.workloads.load_fleet import LoadFleet
-    from twin.workloads.site_runtime import (
-        EmulatedRuntime,
-        PodmanLauncher,
-        workload_image,
-    )
+    from twin.workloads.site_runtime import EmulatedRuntime, PodmanLauncher
 
-    image = workload_image()
     with ContainerRuntime(session.record.run_id, record=session.record) as containers:
         launcher = PodmanLauncher(containers, image)
         info["container_engine"] = launcher.describe()
