@@ -23,6 +23,7 @@ import itertools
 import json
 import logging
 import os
+import subprocess
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -64,6 +65,12 @@ class ControllerConfig:
     portmap_path: str | None = None
     api_host: str = DEFAULT_API_HOST
     api_port: int = DEFAULT_API_PORT
+    # After each change set, drop Open vSwitch's cached datapath flows (ovs-appctl
+    # revalidator/purge on this host). Set by the emulation for OVS's userspace
+    # datapath: OVS 3.1 sometimes kept a megaflow's old actions after a rule change
+    # (a transit cross-connect replaced by an add/drop on the same port and VLAN sent
+    # the new lightpath's frames on to the old next span, for seconds).
+    purge_datapath_flows: bool = False
 
     @classmethod
     def from_env(cls) -> "ControllerConfig":
@@ -184,6 +191,19 @@ class APNController(BaseApp):
         mods += [self._flow_mod(dp, f, ofp.OFPFC_DELETE_STRICT) for f in change.deletes]
         self._bundle(site, dp, mods)
         return True
+
+    def settled(self) -> None:
+        """A change set is committed on every switch it touched (see ``purge_datapath_flows``)."""
+        if not self.config.purge_datapath_flows:
+            return
+        try:
+            proc = subprocess.run(["ovs-appctl", "--timeout=10", "revalidator/purge"], capture_output=True,
+                                  text=True, timeout=15)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            self.logger.warning("purging datapath flows failed: %s", err)
+            return
+        if proc.returncode != 0:
+            self.logger.warning("purging datapath flows failed: %s", proc.stderr.strip())
 
     def replace(self, site: str, flows: frozenset[FlowSpec]) -> bool:
         dp = self.datapaths.get(site)

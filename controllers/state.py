@@ -70,6 +70,9 @@ class FlowPusher(Protocol):
 
     def replace(self, site: str, flows: frozenset[FlowSpec]) -> bool: ...
 
+    def settled(self) -> None:
+        """Called once a change set is in on every switch it touched (optional)."""
+
 
 @dataclass(frozen=True)
 class RestorationPlan:
@@ -462,6 +465,9 @@ class ControllerState:
             change = changes.get(site)
             if change and change.deletes:
                 self._push(site, FlowDiff((), (), change.deletes), desired[site], final=True)
+        settled = getattr(self.pusher, "settled", None)
+        if changes and settled is not None:
+            settled()
 
     def _push(self, site: str, change: FlowDiff, desired: frozenset[FlowSpec], *, final: bool) -> None:
         if not self.pusher.apply(site, change):

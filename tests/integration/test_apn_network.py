@@ -102,6 +102,31 @@ def test_transit_calibration_measured_every_span_and_moves_real_packets(session)
     assert after.lost == 0 and after.reordered == 0
 
 
+def test_a_lightpath_replacing_a_transit_cross_connect_carries_traffic(session):
+    # At b, wavelength 0 from a first transits to c (a-b-c), then drops at b (a-b): the same
+    # port and VLAN with new actions. OVS 3.1's userspace datapath sometimes kept the cached
+    # transit action, sending a-b's frames on to c (half the runs); the controller now purges
+    # the datapath flows after every change set. Three rounds to catch it when it comes back.
+    def direct_ab(count: int):
+        lp = session.client.create_lightpath("a", "b", route=["a", "b"])
+        try:
+            return lp, session.probe("a", "b", count=count, rate=500)
+        finally:
+            session.client.delete_lightpath(lp["id"])
+
+    for _ in range(3):
+        direct_ab(200)  # b caches a datapath flow for a-b's frames: pop the VLAN, deliver
+        held = [session.client.create_lightpath("a", "c", route=["a", "c"]) for _ in range(2)]
+        via_b = session.client.create_lightpath("a", "c", route=["a", "b", "c"])
+        for lp in held:
+            session.client.delete_lightpath(lp["id"])
+        transit = session.probe("a", "c", count=300, rate=500)  # ... which becomes "on to c"
+        session.client.delete_lightpath(via_b["id"])
+        direct, probe = direct_ab(100)                              # ... and must become "deliver" again
+        assert via_b["wavelength"] == direct["wavelength"] == 0
+        assert transit.lost == 0 and probe.lost == 0, (transit.lost, probe.lost)
+
+
 def test_packet_network_shows_more_delay_and_jitter_than_the_lightpath(session):
     lp = session.client.create_lightpath("a", "b")
     try:

@@ -50,6 +50,9 @@ class FakeSwitches:
         self.log.append((site, "replace", None))
         return True
 
+    def settled(self):
+        self.log.append(("*", "settled", None))
+
     def flows(self, site) -> frozenset[FlowSpec]:
         return frozenset(self.tables[site].values())
 
@@ -98,6 +101,19 @@ def assert_switches_match(state):
     desired = state.desired()
     for site in state.sites:
         assert state.pusher.flows(site) == desired[site], site
+
+
+def test_the_pusher_hears_once_when_a_change_set_is_in_everywhere(state):
+    lp = state.create_lightpath("a", "c", route=["a", "b", "c"])
+    kinds = [entry[1] for entry in state.pusher.log]
+    assert kinds.count("settled") == 1 and kinds[-1] == "settled"   # after the last switch, once
+    assert sum(1 for k in kinds if k == "apply") >= 3
+    state.pusher.log.clear()
+    state.delete_lightpath(lp.id)
+    assert [entry[1] for entry in state.pusher.log][-1] == "settled"
+    state.pusher.log.clear()
+    state.switch_up("a")                                              # nothing changed: no call
+    assert "settled" not in [entry[1] for entry in state.pusher.log]
 
 
 # -- flows of one lightpath ----------------------------------------------------------------------

@@ -168,7 +168,8 @@ class ControllerProcess:
     def __init__(self, topology_path: str | Path, *, portmap_path: str | Path | None = None,
                  ofp_port: int | None = None, api_host: str = "127.0.0.1", api_port: int | None = None,
                  workdir: str | Path | None = None, python: str = sys.executable,
-                 start_timeout: float = 20.0, stop_timeout: float = 5.0, log_level: str = "INFO"):
+                 start_timeout: float = 20.0, stop_timeout: float = 5.0, log_level: str = "INFO",
+                 purge_datapath_flows: bool = False):
         self.topology_path = str(Path(topology_path).resolve())
         self.portmap_path = str(Path(portmap_path).resolve()) if portmap_path else None
         self.ofp_port = ofp_port or free_port()
@@ -179,6 +180,7 @@ class ControllerProcess:
         self.python = python
         self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
         self.log_level = log_level
+        self.purge_datapath_flows = purge_datapath_flows  # see controllers.apn_controller.ControllerConfig
         self.process: subprocess.Popen | None = None
         self.client = ControllerClient(api_host, self.api_port)
         self._stderr: deque[str] = deque(maxlen=40)
@@ -210,7 +212,8 @@ class ControllerProcess:
             ControllerError: it exited or did not answer in time (with the tail of its stderr).
         """
         config = {"topology_path": self.topology_path, "portmap_path": self.portmap_path,
-                  "api_host": self.api_host, "api_port": self.api_port}
+                  "api_host": self.api_host, "api_port": self.api_port,
+                  "purge_datapath_flows": self.purge_datapath_flows}
         self.config_path.write_text(json.dumps(config, indent=1))
         argv = [self.python, "-m", "controllers.run", "--config", str(self.config_path),
                 "--ofp-port", str(self.ofp_port), "--log-level", self.log_level]

@@ -462,6 +462,11 @@ def _port_number(sw_ports, name: str) -> int:
     raise EmulationError(f"port {name} missing from the port map of {sw_ports.site}")
 
 
+def userspace_datapath() -> bool:
+    """Whether switches use OVS's userspace datapath here (no openvswitch kernel module)."""
+    return not _kernel_has_ovs()
+
+
 def _kernel_has_ovs() -> bool:
     return Path("/sys/module/openvswitch").exists()
 

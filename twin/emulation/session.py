@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twin.emulation.controller import ControllerProcess
-from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, ApnNetwork, in_host
+from twin.emulation.network import (ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, ApnNetwork, in_host,
+                                    userspace_datapath)
 from twin.emulation.probe import ProbeSummary
 from twin.emulation.records import RunRecord, clean_record
 from twin.errors import TwinError
@@ -127,7 +128,8 @@ class TwinSession:
                              engine_spin_us=self.engine_spin_us, pmd_maxsleep_us=self.pmd_maxsleep_us)
         network.port_map.save(portmap_path)
         self.controller = ControllerProcess(self.topology_path, portmap_path=portmap_path,
-                                            workdir=self.record.directory, api_port=self.api_port)
+                                            workdir=self.record.directory, api_port=self.api_port,
+                                            purge_datapath_flows=userspace_datapath())
         self.controller.start()
         self.record.add_process(self.controller.pid, "controller")
         network.controller_port = self.controller.ofp_port
