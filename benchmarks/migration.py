@@ -62,7 +62,7 @@ def bench_topology(name: str, topology_path: Path, src: str, dst: str, *, state:
         probe = session.probe(src, dst, count=200, rate=500)
         measured_rtt_s = probe.rtt_us.median / 1e6
         with ContainerRuntime(session.record.run_id, record=session.record) as containers:
-            launcher = PodmanLauncher(containers, workload_image())
+            launcher = PodmanLauncher(containers, workload_image(), cpus=session.workload_cpus)
             for strategy in STRATEGIES:
                 for n in range(runs):
                     service_id = f"b{n}{'m' if strategy == 'make-before-break' else 'c'}"

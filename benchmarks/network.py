@@ -538,6 +538,8 @@ def main() -> int:
     parser.add_argument("--no-calibrate", action="store_true",
                         help="leave the emulator's per-span transit time in the delays (TwinSession.calibrate_transit)")
     parser.add_argument("--periodic", action="store_true", help="periodic probes instead of Poisson spacing")
+    parser.add_argument("--cpu-partition", action="store_true",
+                        help="give the engine and OVS's PMD thread a CPU of their own (TwinSession.cpu_plan)")
     parser.add_argument("--pmd-maxsleep-us", type=int, default=PMD_MAXSLEEP_US,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
                              "pmd-maxsleep, for the run; default %(default)s)")
@@ -568,8 +570,9 @@ def main() -> int:
         POISSON.clear()
     session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority,
                           engine_spin_us=args.engine_spin_us, pmd_maxsleep_us=args.pmd_maxsleep_us,
-                          calibrate=not args.no_calibrate)
-    doc["settings"].update({"calibrate": not args.no_calibrate, "probe_spacing": "periodic" if args.periodic
+                          calibrate=not args.no_calibrate, cpu_partition=args.cpu_partition)
+    doc["settings"].update({"calibrate": not args.no_calibrate, "cpu_partition": args.cpu_partition,
+                            "probe_spacing": "periodic" if args.periodic
                             else "poisson", "port_type": args.port_type, "pmd_maxsleep_us": args.pmd_maxsleep_us,
                             "engine_rt_priority": args.engine_rt_priority, "engine_spin_us": args.engine_spin_us})
     t_exit = None

@@ -104,7 +104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if scenario_topology.name != load_topology(args.topology).name:
             raise TwinError(f"{args.scenario}: its topology is {scenario_topology.name!r}, not "
                             f"{args.topology}; pass the scenario's topology or another scenario")
-    tuning = {"calibrate": not args.no_calibrate}
+    tuning = {"calibrate": not args.no_calibrate, "cpu_partition": args.cpu_partition}
     if args.pmd_maxsleep_us is not None:
         tuning["pmd_maxsleep_us"] = args.pmd_maxsleep_us
     with TwinSession(args.topology, backend=args.link_backend, api_port=args.api_port, **tuning) as session:
@@ -128,7 +128,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 from twin.workloads.site_runtime import PodmanLauncher, workload_image
 
                 with ContainerRuntime(session.record.run_id, record=session.record) as containers:
-                    commands = workload_commands(session, scenario, PodmanLauncher(containers, workload_image()))
+                    commands = workload_commands(session, scenario, PodmanLauncher(containers, workload_image(),
+                                                                                   cpus=session.workload_cpus))
                     try:
                         interactive(session, mixins=(commands,))
                     finally:
@@ -157,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_emulated(args.scenario, out, strategy=args.strategy, link_backend=args.link_backend,
                                time_compression=args.time_compression, progress=not args.quiet,
                                overwrite=args.force, build_report=not args.no_report,
-                               calibrate=not args.no_calibrate)
+                               calibrate=not args.no_calibrate, cpu_partition=not args.no_cpu_partition)
     print(format_run_summary(summary, out))
     return 0
 
@@ -257,6 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(10: ~31 us per switch, 55%% of a core when idle; default 50: ~46 us, 20%%)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="keep the emulator's own per-span transit time (15-180 us per span here) in the delays")
+    p.add_argument("--cpu-partition", action="store_true",
+                   help="give the emulated network a CPU of its own and the shell's workloads the others "
+                        "(better latency for services, worse delay accuracy for the network alone)")
     p.add_argument("--count", type=int, default=500, help="probes per pair with --check (default 500)")
     p.add_argument("--rate", type=float, default=500.0, help="probes per second with --check (default 500)")
     # 300 us: the OVS userspace datapath's own noise on a 2-core machine (README, "Measured");
@@ -279,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the model's random draws (--model-only)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="keep the emulator's own per-span transit time in the delays (see twin up)")
+    p.add_argument("--no-cpu-partition", action="store_true",
+                   help="let the emulated network share every CPU with the workloads (see twin up)")
     _add_experiment_options(p)
     p.set_defaults(func=cmd_run)
 

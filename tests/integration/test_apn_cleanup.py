@@ -50,7 +50,7 @@ def test_sigkill_then_twin_clean_leaves_nothing(tmp_path):
         assert {p.what for p in started} >= {"controller", "delay engine"} or any(
             p.what == "controller" for p in started)
         if _afxdp_ports():  # the PMD's idle sleep is set for the run, and must go with it
-            assert during["ovs_settings"] == {"pmd-maxsleep=50"}
+            assert "pmd-maxsleep=50" in during["ovs_settings"]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()

@@ -102,7 +102,7 @@ def test_engine_is_described(runtime: c.ContainerRuntime) -> None:
 def test_server_answers_inside_the_namespace_with_limits_enforced(
     workload_image: str, netns_pid: int, runtime: c.ContainerRuntime
 ) -> None:
-    spec = _server_spec(workload_image, netns_pid, cpus=0.5, memory_bytes=384 * 2**20, pids_limit=96)
+    spec = _server_spec(workload_image, netns_pid, cpus=0.5, memory_bytes=384 * 2**20, pids_limit=96, cpuset=(0,))
     container = runtime.run(spec, ready_url=f"http://127.0.0.1:{PORT}/readyz", timeout_s=60)
     assert container.name == f"tw-{runtime.run_id}-srv"
     assert runtime.record.containers == [container.name]
@@ -115,6 +115,9 @@ def test_server_answers_inside_the_namespace_with_limits_enforced(
     assert limits.cpus == pytest.approx(0.5)
     assert limits.memory_bytes == 384 * 2**20
     assert limits.pids_max == 96
+    pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", container.name],
+                             capture_output=True, text=True, check=True).stdout)
+    assert os.sched_getaffinity(pid) == {0}  # the cpuset keeps it off the emulated network's CPU
 
 
 def test_root_is_read_only_and_state_writable(workload_image: str, netns_pid: int, runtime: c.ContainerRuntime) -> None:

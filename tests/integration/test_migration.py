@@ -25,10 +25,11 @@ TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "fukuoka-osaka.y
 
 @pytest.fixture(scope="module")
 def twin():
-    with TwinSession(TOPOLOGY) as session:
+    # Partitioned CPUs, as 'twin run' has them: the network on one, the workloads on the others.
+    with TwinSession(TOPOLOGY, cpu_partition=True) as session:
         session.client.create_lightpath("fuk", "osa")
         with ContainerRuntime(session.record.run_id, record=session.record) as containers:
-            yield session, containers, PodmanLauncher(containers, workload_image())
+            yield session, containers, PodmanLauncher(containers, workload_image(), cpus=session.workload_cpus)
 
 
 def scenario(service_id: str, state_size: str = "4MiB"):
@@ -52,6 +53,42 @@ def test_make_before_break_loses_nothing_and_moves_the_service(twin, tmp_path):
     # for an 8 KiB request on a new connection); medians, so one slow request cannot flip it
     assert result["p50_after_ms"] > result["p50_before_ms"] + 5.0
     assert containers.list_run() == []  # both instances stopped by the trial
+
+
+def test_the_network_and_the_workloads_have_cpus_of_their_own(twin, tmp_path):
+    import os
+
+    session, containers, launcher = twin
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("one CPU: nothing to partition")
+    assert session.datapath_cpu == max(cpus) and session.workload_cpus == cpus - {max(cpus)}
+    assert os.sched_getaffinity(session.network.engine.pid) == {session.datapath_cpu}
+    if session.network.ovs_port_type.startswith("afxdp"):
+        mask = subprocess.run(["ovs-vsctl", "get", "Open_vSwitch", ".", "other_config:pmd-cpu-mask"],
+                              capture_output=True, text=True, check=True).stdout.strip().strip('"')
+        assert int(mask, 16) == 1 << session.datapath_cpu
+    # A service container and its clients stay off the network's CPU.
+    from twin.workloads.load_fleet import LoadFleet
+    from twin.workloads.site_runtime import EmulatedRuntime
+    import asyncio
+
+    scn = scenario("pinned")
+    runtime = EmulatedRuntime(session, scn, launcher, run_id=session.record.run_id)
+    fleet = LoadFleet(session, scn, tmp_path)
+    try:
+        asyncio.run(runtime.ensure_running("pinned", "fuk"))
+        (name,) = containers.list_run()
+        pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", name],
+                                 capture_output=True, text=True, check=True).stdout)
+        assert os.sched_getaffinity(pid) == session.workload_cpus
+        fleet.start(5.0)
+        (generator,) = fleet.generators
+        assert os.sched_getaffinity(generator.process.pid) == session.workload_cpus
+    finally:
+        fleet.stop()
+        asyncio.run(runtime.close())
+    assert containers.list_run() == []
 
 
 def test_cold_migration_is_measured(twin, tmp_path):

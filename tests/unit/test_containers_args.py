@@ -81,6 +81,8 @@ def test_create_args_carry_name_labels_limits_and_namespace() -> None:
     assert _value(args, "--memory") == [str(256 * 2**20)]
     assert _value(args, "--memory-swap") == [str(256 * 2**20)]
     assert _value(args, "--pids-limit") == ["64"]
+    assert "--cpuset-cpus" not in args
+    assert _value(c.create_args(_spec(cpuset=(2, 0, 2)), "r1", None), "--cpuset-cpus") == ["0,2"]
     assert "--read-only" in args and "--init" in args and "--pull=never" in args
     assert _value(args, "--tmpfs") == [f"/state:rw,size={c.DEFAULT_STATE_BYTES},mode=1777"]
     assert set(_value(args, "--ulimit")) == set(c.ULIMITS)
@@ -128,6 +130,9 @@ def test_create_args_env_and_mounts(tmp_path: Path) -> None:
         ({"cgroup_parent": "/h1/../../x"}, "cgroup_parent"),
         ({"cgroup_parent": "/h1;x"}, "cgroup_parent"),
         ({"stop_grace_s": -1.0}, "stop_grace_s"),
+        ({"cpuset": ()}, "cpuset"),
+        ({"cpuset": (-1,)}, "cpuset"),
+        ({"cpuset": ("0;rm",)}, "cpuset"),
     ],
 )
 def test_bad_specs_are_refused(change: dict, match: str) -> None:

@@ -161,6 +161,7 @@ class ApnNetwork:
     engine_rt_priority: int = ENGINE_RT_PRIORITY
     engine_spin_us: float = ENGINE_SPIN_US
     pmd_maxsleep_us: int = PMD_MAXSLEEP_US
+    datapath_cpu: int | None = None  # pin the delay engine and OVS's PMD thread here (TwinSession's CPU plan)
     link_backend: str = field(init=False, default="")
     port_map: PortMap = field(init=False)
     links: list[EmulatedLink] = field(init=False)
@@ -316,6 +317,10 @@ class ApnNetwork:
         if port_type.startswith("afxdp") and not set_ovs_global("pmd-maxsleep", str(self.pmd_maxsleep_us)):
             log.info("OVS pmd-maxsleep was set by someone else (%s us); leaving it",
                      ovs_global("other_config", "pmd-maxsleep"))
+        if port_type.startswith("afxdp") and self.datapath_cpu is not None and \
+                not set_ovs_global("pmd-cpu-mask", hex(1 << self.datapath_cpu)):
+            log.info("OVS pmd-cpu-mask was set by someone else (%s); leaving it",
+                     ovs_global("other_config", "pmd-cpu-mask"))
         names = [p.name for sw in self.port_map.switches.values() for p in sw.ports]
         args = ["ovs-vsctl", "--timeout=60"]
         for name in names:
@@ -350,7 +355,7 @@ class ApnNetwork:
         self._engine = DelayEngineProcess(specs, workdir=self.record.directory,
                                           exec_prefix=["mnexec", "-a", str(delay_host.pid)],
                                           ready_timeout_s=120.0, rt_priority=self.engine_rt_priority,
-                                          spin_us=self.engine_spin_us)
+                                          spin_us=self.engine_spin_us, cpu=self.datapath_cpu)
         self._engine.start()
         self.record.add_process(self._engine.pid, "delay engine")
 

@@ -31,7 +31,7 @@ OVS_TAG = "twin-run"
 # Open vSwitch's global other_config keys a run may set, each with a marker in the
 # Open_vSwitch table's external_ids (``twin-<key>=<value>``), so the last run to stop, or
 # ``twin clean`` after a kill, can tell a setting the twin made from one an operator made.
-OVS_GLOBAL_KEYS = ("pmd-maxsleep",)
+OVS_GLOBAL_KEYS = ("pmd-maxsleep", "pmd-cpu-mask")
 
 
 def process_start_time(pid: int) -> int | None:

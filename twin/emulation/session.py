@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -35,6 +36,33 @@ PROBE_PORT = 8620
 CALIBRATION_PROBES = 400
 CALIBRATION_RATE = 1000.0
 MAX_ADVANCE_US = 300.0
+
+
+def cpu_plan(available: set[int]) -> tuple[int | None, set[int] | None]:
+    """(datapath CPU, workload CPUs) for the CPUs this process may use.
+
+    The emulated network (the delay engine and OVS's PMD thread) gets the highest
+    CPU to itself, the workloads (service containers, load generators) the rest.
+    Worth it when workloads run: on a shared 2-core machine a CNN inference or a
+    container start on the network's core delayed frames by milliseconds, and the
+    network's busy-waiting delayed the latency-critical server (default scenario,
+    6 h cut: drive-assist p99 of Fukuoka users 15.5-16.3 ms shared, 11.5-11.6 ms
+    partitioned). Not worth it for the network alone: the engine and the PMD thread
+    then wait for each other on one core (japan, 12 pairs: raw median error
+    +55 to +534 us partitioned, -38 to +775 us shared). With one CPU there is
+    nothing to partition.
+
+    >>> cpu_plan({0, 1})
+    (1, {0})
+    >>> cpu_plan({0, 1, 2, 3})
+    (3, {0, 1, 2})
+    >>> cpu_plan({5})
+    (None, None)
+    """
+    if len(available) < 2:
+        return None, None
+    datapath = max(available)
+    return datapath, set(available) - {datapath}
 
 
 @dataclass
@@ -89,6 +117,7 @@ class TwinSession:
     engine_spin_us: float = ENGINE_SPIN_US           # the engine busy-waits this long before a departure
     pmd_maxsleep_us: int = PMD_MAXSLEEP_US           # OVS PMD's longest idle sleep (accuracy vs CPU)
     calibrate: bool = True                           # take the emulator's transit time out of span delays
+    cpu_partition: bool = False                      # datapath on one CPU, workloads on the others (cpu_plan)
     record: RunRecord = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
 
@@ -98,6 +127,8 @@ class TwinSession:
         self.controller: ControllerProcess | None = None
         self.network: ApnNetwork | None = None
         self.calibration: dict | None = None
+        self.datapath_cpu, self.workload_cpus = cpu_plan(os.sched_getaffinity(0)) if self.cpu_partition \
+            else (None, None)
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "TwinSession":
@@ -125,7 +156,8 @@ class TwinSession:
         portmap_path = self.record.directory / "portmap.json"
         network = ApnNetwork(self.topology, self.record, controller_port=0, backend=self.backend,
                              port_type=self.port_type, engine_rt_priority=self.engine_rt_priority,
-                             engine_spin_us=self.engine_spin_us, pmd_maxsleep_us=self.pmd_maxsleep_us)
+                             engine_spin_us=self.engine_spin_us, pmd_maxsleep_us=self.pmd_maxsleep_us,
+                             datapath_cpu=self.datapath_cpu)
         network.port_map.save(portmap_path)
         self.controller = ControllerProcess(self.topology_path, portmap_path=portmap_path,
                                             workdir=self.record.directory, api_port=self.api_port,
@@ -323,6 +355,8 @@ class TwinSession:
                 "link_backend": self.network.link_backend if self.network else None,
                 "ovs_port_type": self.network.ovs_port_type if self.network else None,
                 "calibration": self.calibration,
+                "cpus": {"datapath": self.datapath_cpu,
+                         "workloads": sorted(self.workload_cpus) if self.workload_cpus else None},
                 "timings_s": {**self.network.timings, **self.timings} if self.network else self.timings}
 
 

@@ -61,7 +61,7 @@ LOAD_TIMEOUT_S = 5.0
 def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: str = "make-before-break",
                  link_backend: str = "auto", time_compression: float | None = None, progress: bool = True,
                  overwrite: bool = False, build_report: bool = True, attach_to: str | None = None,
-                 attach: bool = False, calibrate: bool = True) -> dict:
+                 attach: bool = False, calibrate: bool = True, cpu_partition: bool = True) -> dict:
     """Run the scenario on the emulated twin and write the run directory; returns summary.json's content.
 
     With ``attach`` (``twin shift``) the network is the one a running ``twin up``
@@ -104,12 +104,14 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
             base = _experiment(session, image, scenario, topology, signals, model, compression, strategy, {},
                                events, placements, info, writer.path, progress)
         else:
-            with TwinSession(topology_path, backend=link_backend, calibrate=calibrate) as session:
+            with TwinSession(topology_path, backend=link_backend, calibrate=calibrate,
+                             cpu_partition=cpu_partition) as session:
                 # Lightpaths are set up on demand (where services and their users are) and
                 # released when no longer needed: the whole mesh does not fit the wavelengths.
                 info["lightpaths"] = []
                 info["link_backend"] = session.network.link_backend
                 info["calibration"] = session.calibration
+                info["cpus"] = session.summary()["cpus"]
                 overrides = _measure_tight_pairs(session, scenario, topology, probes)
                 base = _experiment(session, image, scenario, topology, signals, model, compression, strategy,
                                    overrides, events, placements, info, writer.path, progress)
@@ -133,7 +135,7 @@ def _experiment(session, image, scenario, topology, signals, model, compression,
     from twin.workloads.site_runtime import EmulatedRuntime, PodmanLauncher
 
     with ContainerRuntime(session.record.run_id, record=session.record) as containers:
-        launcher = PodmanLauncher(containers, image)
+        launcher = PodmanLauncher(containers, image, cpus=session.workload_cpus)
         info["container_engine"] = launcher.describe()
         runtime = EmulatedRuntime(session, scenario, launcher, run_id=session.record.run_id, strategy=strategy)
         fleet = LoadFleet(session, scenario, run_dir / "load", timeout_s=LOAD_TIMEOUT_S)
@@ -350,7 +352,7 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
                                 "wavelength": lp.get("wavelength"), "one_way_ms": lp.get("one_way_ms")}
                                for lp in info.get("lightpaths", [])],
                 "load_generator_failures": info.get("load_failures", []),
-                "transit_calibration": info.get("calibration")})
+                "transit_calibration": info.get("calibration"), "cpus": info.get("cpus")})
     writer.write_run(run)
     summary = {
         "format": 1, "scenario": scenario.name, "mode": "emulated", "policy": scenario.policy.name,

@@ -47,6 +47,7 @@ class AttachedSession:
     client: ControllerClient
     topology_path: Path
     topology: object = field(init=False)
+    workload_cpus: set[int] | None = None  # 'twin up' leaves the CPUs shared unless --cpu-partition
 
     def __post_init__(self) -> None:
         self.topology = load_topology(self.topology_path)

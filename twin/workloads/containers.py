@@ -146,6 +146,8 @@ class ContainerSpec:
     cpus: float | None = None
     #: relative CPU weight when cores are contended (cgroup cpu.shares / cpu.weight); None = default 1024
     cpu_shares: int | None = None
+    #: CPUs the container may run on (cgroup cpuset), e.g. (0,) to keep it off the emulated network's CPU
+    cpuset: tuple[int, ...] | None = None
     memory_bytes: int | None = None
     pids_limit: int = DEFAULT_PIDS_LIMIT
     read_only_root: bool = True
@@ -175,6 +177,10 @@ class ContainerSpec:
             raise ContainerError(f"containers: {self.name}: cpus {self.cpus} out of range; fix: 0.01 to 1024 cores")
         if self.cpu_shares is not None and not (2 <= self.cpu_shares <= 262144):
             raise ContainerError(f"containers: {self.name}: cpu_shares {self.cpu_shares} out of range; fix: 2 to 262144")
+        if self.cpuset is not None and (not self.cpuset or not all(isinstance(c, int) and 0 <= c < 4096
+                                                                   for c in self.cpuset)):
+            raise ContainerError(f"containers: {self.name}: cpuset {self.cpuset!r} is not a list of CPU numbers; "
+                                 "fix: e.g. (0,) or (0, 1)")
         if self.memory_bytes is not None and self.memory_bytes < 6 * 1024 * 1024:
             raise ContainerError(f"containers: {self.name}: memory_bytes {self.memory_bytes} below 6 MiB (podman's minimum); fix: raise it")
         if not (1 <= self.pids_limit <= 4_194_304):
@@ -215,6 +221,8 @@ def create_args(spec: ContainerSpec, run_id: str, oci_runtime: str | None) -> li
         args += ["--cpus", f"{spec.cpus:g}"]
     if spec.cpu_shares is not None:
         args += ["--cpu-shares", str(spec.cpu_shares)]
+    if spec.cpuset is not None:
+        args += ["--cpuset-cpus", ",".join(str(c) for c in sorted(set(spec.cpuset)))]
     if spec.memory_bytes is not None:
         # Swap limit = memory limit: the container never swaps past its budget.
         args += ["--memory", str(spec.memory_bytes), "--memory-swap", str(spec.memory_bytes)]

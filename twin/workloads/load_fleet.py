@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import os
 import subprocess
 import sys
 import time
@@ -68,9 +69,12 @@ class LoadFleet:
                         "--seed", str(self.seed * 1000 + index * 37 + n), "--start-at", f"{start_at:.6f}"]
                 if service.state_size > 0 and service.model == "sensor-fusion-mlp":
                     args += ["--sessions", "16"]  # vehicles: the stateful service keeps per-session tracks
+                # Clients run beside the workloads, off the emulated network's CPU (TwinSession.cpu_plan).
+                cpus = getattr(self.session, "workload_cpus", None)
                 with open(out.with_suffix(".log"), "wb") as errors:  # a pipe could fill and block it
                     process = subprocess.Popen(in_host(pid, args), stdout=subprocess.DEVNULL,
-                                               stderr=errors, start_new_session=True)
+                                               stderr=errors, start_new_session=True,
+                                               preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
                 self.session.record.add_process(process.pid, f"loadgen {service.id} {demand.region}")
                 self.generators.append(Generator(service.id, demand.region, out, process))
         log.info("started %d load generators", len(self.generators))

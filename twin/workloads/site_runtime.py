@@ -422,9 +422,10 @@ class PodmanLauncher:
     image's copy of the project (built from this checkout by scripts/build-image.sh).
     """
 
-    def __init__(self, containers, image: str):
+    def __init__(self, containers, image: str, *, cpus: set[int] | None = None):
         self.containers = containers  # twin.workloads.containers.ContainerRuntime
         self.image = image
+        self.cpus = cpus  # the session's workload CPUs (TwinSession.cpu_plan); None: any
 
     @staticmethod
     def short_name(service: str, site: str) -> str:
@@ -440,7 +441,7 @@ class PodmanLauncher:
             command=(f"{VENV_IN_IMAGE}/bin/python", "-m", "twin.workloads.server", *server_args,
                      "--models-dir", MODELS_IN_IMAGE),
             netns_pid=netns_pid, cpus=service.cpus, memory_bytes=int(service.memory),
-            cpu_shares=cpu_shares_for(service),
+            cpu_shares=cpu_shares_for(service), cpuset=tuple(sorted(self.cpus)) if self.cpus else None,
             state_bytes=max(4096, int(service.state_size) * 2 + (16 << 20)),
             labels={"twin-service": service.id, "twin-site": site}, stop_grace_s=5.0)
         container = self.containers.run(spec, ready_url=f"http://127.0.0.1:{port}/readyz", timeout_s=60.0)

@@ -121,7 +121,7 @@ def migration_check(session, *, strategy: str = "make-before-break", state_size:
                                                                        state_size=state_size))
     with tempfile.TemporaryDirectory(prefix="twin-check-") as tmp, \
             ContainerRuntime(session.record.run_id, record=session.record) as containers:
-        launcher = PodmanLauncher(containers, workload_image())
+        launcher = PodmanLauncher(containers, workload_image(), cpus=session.workload_cpus)
         result = run_trial(session, scenario, launcher, src=src, dst=dst, strategy=strategy, out_dir=Path(tmp),
                            before_s=3.0, after_s=3.0)
         engine = launcher.describe()
