@@ -102,3 +102,20 @@ def test_twin_up_check_cli_json():
     assert migration["ok"], migration["text"]
     assert migration["failed_requests"] == 0 and migration["answered_by_after"] == [migration["dst"]]
     assert migration["state_bytes"] == 4 * 1024 * 1024 and migration["engine"].startswith("podman")
+
+
+def test_a_failed_calibration_leaves_a_working_uncalibrated_twin():
+    from twin.emulation.session import TwinSession
+    from twin.errors import TwinError
+
+    class NoCalibration(TwinSession):
+        def calibrate_transit(self, **kwargs):
+            raise TwinError("probe reflector at a failed: (test)")
+
+    before = _snapshot()
+    with NoCalibration(TRIANGLE) as session:
+        assert session.calibration is None
+        lp = session.client.create_lightpath("a", "b")
+        probe = session.probe("a", "b", count=50, rate=200)
+        assert probe.lost == 0 and lp["route"] == ["a", "b"]
+    assert _snapshot() == before
