@@ -110,8 +110,8 @@ def test_destination_killed_mid_migration_leaves_service_at_source(twin, tmp_pat
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             names = [n for n in containers.list_run() if n.endswith(target)]
-            if names:
-                subprocess.run(["podman", "kill", names[0]], capture_output=True)
+            # Listed already while only created: podman kill refuses that, so retry until it runs.
+            if names and subprocess.run(["podman", "kill", names[0]], capture_output=True).returncode == 0:
                 return
             time.sleep(0.02)
         raise AssertionError("destination container never appeared")
