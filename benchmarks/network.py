@@ -80,7 +80,7 @@ from tqdm import tqdm
 from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, in_host
 from twin.emulation.probe import ProbeSummary, percentile
 from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
-from twin.emulation.session import TwinSession
+from twin.emulation.session import TwinSession, switch_passes
 from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.tables import format_table
@@ -227,16 +227,10 @@ def sd(values: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
-def charged_switches(lp: dict, calibrated: bool) -> int:
-    """Switch passes the error subtracts the overhead for: one when the spans are calibrated
-    (their transit time is already out of the engine's holds), else one per site on the route."""
-    return 1 if calibrated else len(lp["route"])
-
-
 def accuracy(lp: dict, summary: ProbeSummary, samples, overhead_us: float, calibrated: bool) -> dict:
     """Error statistics of one probed lightpath (see the module docstring for definitions)."""
     model_us = lp["one_way_ms"] * 1e3
-    switches = charged_switches(lp, calibrated)
+    switches = switch_passes(lp["route"], calibrated)
     ow = one_way(samples)
     raw = [v - model_us for v in ow]
     corr = [v - model_us - overhead_us * switches for v in ow]
@@ -327,7 +321,7 @@ def part_accuracy(session, procs, made, overhead_us, count, rate) -> tuple[list[
     for lp in tqdm(made, desc="delay accuracy", unit="pair", file=sys.stderr):
         summary, samples = probe_samples(session, procs, lp["src"], lp["dst"], count=count, rate=rate)
         rows.append(accuracy(lp, summary, samples, overhead_us, calibrated))
-        model_us, switches = lp["one_way_ms"] * 1e3, charged_switches(lp, calibrated)
+        model_us, switches = lp["one_way_ms"] * 1e3, switch_passes(lp["route"], calibrated)
         pooled += [abs(v - model_us - overhead_us * switches) for v in one_way(samples)]
     return rows, pooled
 

@@ -483,8 +483,7 @@ class DepartureScheduler:
     def __init__(self, delay_us: float, jitter: JitterSampler | None = None, router: RouterQueue | None = None,
                  pacer: TokenBucket | None = None):
         self.configured_ns = int(round(delay_us * 1000))
-        self.advance_ns = 0
-        self.delay_ns = self.configured_ns
+        self.delay_ns = self.configured_ns  # configured minus the calibrated advance
         self.jitter = jitter if jitter is not None and jitter.dist != "none" else None
         self.router = router
         self.pacer = pacer
@@ -502,8 +501,7 @@ class DepartureScheduler:
         """
         if not (advance_us >= 0 and math.isfinite(advance_us)):
             raise DelayEngineError(f"advance must be a finite number >= 0 us, got {advance_us!r}")
-        self.advance_ns = int(round(advance_us * 1000))
-        self.delay_ns = max(0, self.configured_ns - self.advance_ns)
+        self.delay_ns = max(0, self.configured_ns - int(round(advance_us * 1000)))
 
     def departure(self, arrival_ns: int, frame_bytes: int = 0) -> int | None:
         if self.pacer is not None:

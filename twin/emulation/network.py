@@ -367,15 +367,19 @@ class ApnNetwork:
             for ifname in (link.port_a, link.port_b):
                 link_backends.apply_trunk_netem(ifname, channels)
 
+    def _span_link(self, a: str, b: str) -> EmulatedLink:
+        link = next((lk for lk in self.links if {lk.a, lk.b} == {a, b}), None)
+        if link is None:
+            raise EmulationError(f"no span {a}-{b}")
+        return link
+
     def set_wavelength_rate(self, a: str, b: str, wavelength: int, rate_bps: float) -> None:
         """Change the rate of one wavelength of span a-b (both directions) while running.
 
         Raises:
             EmulationError: no such span or wavelength, or the backend cannot change it.
         """
-        link = next((lk for lk in self.links if {lk.a, lk.b} == {a, b}), None)
-        if link is None:
-            raise EmulationError(f"no span {a}-{b}")
+        link = self._span_link(a, b)
         channel = link.wavelength(wavelength)
         if self._engine is None:
             raise EmulationError("changing a wavelength's rate needs the userspace link backend")
@@ -393,9 +397,7 @@ class ApnNetwork:
             raise EmulationError("transit advance needs the userspace link backend")
         changes = []
         for (a, b), us in advances.items():
-            link = next((lk for lk in self.links if {lk.a, lk.b} == {a, b}), None)
-            if link is None:
-                raise EmulationError(f"no span {a}-{b}")
+            link = self._span_link(a, b)
             changes.append((link.name, "a->b" if (a, b) == (link.a, link.b) else "b->a", float(us)))
         self._engine.set_advance(changes)
 

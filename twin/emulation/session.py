@@ -65,6 +65,12 @@ def cpu_plan(available: set[int]) -> tuple[int | None, set[int] | None]:
     return datapath, set(available) - {datapath}
 
 
+def switch_passes(route: list[str], calibrated: bool) -> int:
+    """Switch passes of the emulator's own forwarding time left in a lightpath's one-way
+    delay: one (the path's ends) when the spans are calibrated, else one per site on the route."""
+    return 1 if calibrated else len(route)
+
+
 @dataclass
 class PairCheck:
     """Measured against model for one site pair over one plane."""
@@ -87,8 +93,8 @@ class PairCheck:
     def error_ms(self) -> float:
         """Measured minus (model + the emulator's own forwarding time): one switch pass when the
         spans are calibrated (:meth:`TwinSession.calibrate_transit`), else one per site on the route."""
-        switches = 1 if self.calibrated else len(self.route)
-        return self.measured_one_way_ms - self.model_one_way_ms - self.baseline_one_way_ms * switches
+        return (self.measured_one_way_ms - self.model_one_way_ms
+                - self.baseline_one_way_ms * switch_passes(self.route, self.calibrated))
 
     @property
     def ok(self) -> bool:

@@ -70,7 +70,7 @@ class LoadFleet:
                 if service.state_size > 0 and service.model == "sensor-fusion-mlp":
                     args += ["--sessions", "16"]  # vehicles: the stateful service keeps per-session tracks
                 # Clients run beside the workloads, off the emulated network's CPU (TwinSession.cpu_plan).
-                cpus = getattr(self.session, "workload_cpus", None)
+                cpus = self.session.workload_cpus
                 with open(out.with_suffix(".log"), "wb") as errors:  # a pipe could fill and block it
                     process = subprocess.Popen(in_host(pid, args), stdout=subprocess.DEVNULL,
                                                stderr=errors, start_new_session=True,
