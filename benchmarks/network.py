@@ -227,10 +227,11 @@ def sd(values: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
-def accuracy(lp: dict, summary: ProbeSummary, samples, overhead_us: float, calibrated: bool) -> dict:
+def accuracy(lp: dict, summary: ProbeSummary, samples, overhead_us: float, calibrated: bool,
+             carried: bool = False) -> dict:
     """Error statistics of one probed lightpath (see the module docstring for definitions)."""
     model_us = lp["one_way_ms"] * 1e3
-    switches = switch_passes(lp["route"], calibrated)
+    switches = switch_passes(lp["route"], calibrated, carried)
     ow = one_way(samples)
     raw = [v - model_us for v in ow]
     corr = [v - model_us - overhead_us * switches for v in ow]
@@ -317,11 +318,11 @@ def pick_pair_for_bulk(made: list[dict]) -> tuple[dict, dict]:
 def part_accuracy(session, procs, made, overhead_us, count, rate) -> tuple[list[dict], list[float]]:
     """Rows per lightpath, and every |corrected error| of all pairs pooled."""
     rows, pooled = [], []
-    calibrated = session.calibration is not None
+    calibrated, carried = session.calibration is not None, session.transit_carried
     for lp in tqdm(made, desc="delay accuracy", unit="pair", file=sys.stderr):
         summary, samples = probe_samples(session, procs, lp["src"], lp["dst"], count=count, rate=rate)
-        rows.append(accuracy(lp, summary, samples, overhead_us, calibrated))
-        model_us, switches = lp["one_way_ms"] * 1e3, switch_passes(lp["route"], calibrated)
+        rows.append(accuracy(lp, summary, samples, overhead_us, calibrated, carried))
+        model_us, switches = lp["one_way_ms"] * 1e3, switch_passes(lp["route"], calibrated, carried)
         pooled += [abs(v - model_us - overhead_us * switches) for v in one_way(samples)]
     return rows, pooled
 
@@ -340,7 +341,8 @@ def part_bulk(session, procs, made, overhead_us, count, rate, rates_mbps, second
             time.sleep(min(2.0, seconds / 4))  # past slow start
             summary, samples = probe_samples(session, procs, probed["src"], probed["dst"], count=count, rate=rate)
             tcp = iperf_result(procs, server, client, seconds)
-            row = accuracy(probed, summary, samples, overhead_us, session.calibration is not None)
+            row = accuracy(probed, summary, samples, overhead_us, session.calibration is not None,
+                           session.transit_carried)
             row.update({"case": label, "tbf_mbps": round(rate_bps / 1e6, 1), **tcp})
             row["holds"] = (row["p99_abs_err_us"] <= TARGETS["p99_abs_err_us_with_bulk"] and row["reordered"] == 0
                             and row["lost"] == 0)
@@ -531,6 +533,8 @@ def main() -> int:
                         help="the delay engine busy-waits this long before each departure (default %(default)s)")
     parser.add_argument("--no-calibrate", action="store_true",
                         help="leave the emulator's per-span transit time in the delays (TwinSession.calibrate_transit)")
+    parser.add_argument("--no-transit-carry", action="store_true",
+                        help="the delay engine schedules transit frames from their arrival (delay_engine.TransitMemory)")
     parser.add_argument("--periodic", action="store_true", help="periodic probes instead of Poisson spacing")
     parser.add_argument("--cpu-partition", action="store_true",
                         help="give the engine and OVS's PMD thread a CPU of their own (TwinSession.cpu_plan)")
@@ -564,8 +568,9 @@ def main() -> int:
         POISSON.clear()
     session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority,
                           engine_spin_us=args.engine_spin_us, pmd_maxsleep_us=args.pmd_maxsleep_us,
-                          calibrate=not args.no_calibrate, cpu_partition=args.cpu_partition)
-    doc["settings"].update({"calibrate": not args.no_calibrate, "cpu_partition": args.cpu_partition,
+                          calibrate=not args.no_calibrate, cpu_partition=args.cpu_partition,
+                          transit_carry=not args.no_transit_carry)
+    doc["settings"].update({"calibrate": not args.no_calibrate, "transit_carry": not args.no_transit_carry, "cpu_partition": args.cpu_partition,
                             "probe_spacing": "periodic" if args.periodic
                             else "poisson", "port_type": args.port_type, "pmd_maxsleep_us": args.pmd_maxsleep_us,
                             "engine_rt_priority": args.engine_rt_priority, "engine_spin_us": args.engine_spin_us})

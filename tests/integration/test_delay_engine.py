@@ -25,6 +25,8 @@ NS_A, NS_B = "twt-a", "twt-b"
 ROOT_A, ROOT_B = "twt-ra", "twt-rb"
 PORT = 8621
 DELAY_US = 2000.0
+NS_SW = "twt-sw"
+SPAN_US, TRANSIT_US = 1000.0, 500.0
 
 
 def _run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -119,6 +121,56 @@ def test_engine_delays_without_reordering_or_loss_and_leaves_nothing(reflector, 
     assert stats["a->b"]["frames"] >= 500 and stats["b->a"]["frames"] >= 500
     assert stats["a->b"]["drops"] == 0
     assert not _pid_alive(pid)
+
+
+@pytest.fixture
+def slow_transit(two_hosts):
+    """A "switch" namespace twt-sw between two root-side interfaces twt-x1 and twt-x2, whose
+    transit between them is a second delay engine holding frames TRANSIT_US: a stand-in
+    for a switch that takes its time, which the engine under test knows nothing about."""
+    made_links = []
+    try:
+        _run("ip", "netns", "add", NS_SW)
+        for root_end, sw_end in (("twt-x1", "twt-x1p"), ("twt-x2", "twt-x2p")):
+            _run("ip", "link", "add", root_end, "type", "veth", "peer", "name", sw_end, "netns", NS_SW)
+            made_links.append(root_end)
+            _run("ip", "link", "set", root_end, "up")
+            _run("ip", "-n", NS_SW, "link", "set", sw_end, "up")
+        yield LinkSpec("transit", "twt-x1p", "twt-x2p", delay_us=TRANSIT_US)
+    finally:
+        for root_end in made_links:
+            _run("ip", "link", "del", root_end, check=False)
+        _run("ip", "netns", "del", NS_SW, check=False)
+
+
+def _one_way_through_transit(tmp_path: Path, transit_link: LinkSpec, carry: bool) -> tuple[ProbeSummary, dict]:
+    spans = [LinkSpec("l1", ROOT_A, "twt-x1", delay_us=SPAN_US), LinkSpec("l2", "twt-x2", ROOT_B, delay_us=SPAN_US)]
+    switch = DelayEngineProcess([transit_link], workdir=tmp_path / f"sw-{carry}", ready_timeout_s=15,
+                                exec_prefix=["ip", "netns", "exec", NS_SW], transit_carry=False)
+    engine = DelayEngineProcess(spans, workdir=tmp_path / f"spans-{carry}", ready_timeout_s=15,
+                                transit_carry=carry)
+    with switch, engine:
+        out = _run(*_ns_exec(NS_A, sys.executable, "-m", "twin.emulation.probe", "send", "--dst", "10.251.0.2",
+                             "--port", str(PORT), "--rate", "500", "--count", "400", "--json"))
+    return ProbeSummary.from_json(out.stdout), engine.stats
+
+
+def test_transit_carry_absorbs_time_spent_between_spans(reflector, slow_transit, tmp_path):
+    """Two spans with a slow switch between them: with carry-over the second span is scheduled
+    from the first span's intended departure, so the switch's time disappears into the second
+    span's hold; without it, it adds up (what made long routes late)."""
+    carried, stats = _one_way_through_transit(tmp_path, slow_transit, carry=True)
+    assert carried.lost == 0 and carried.reordered == 0, carried
+    assert stats["transit"] == {"transit_carry": True, "carried_frames": stats["transit"]["carried_frames"]}
+    assert stats["transit"]["carried_frames"] >= 2 * 400  # every probe and every answer, on its second span
+    model = 2 * SPAN_US
+    assert model <= carried.forward_us.median < model + TRANSIT_US / 2, carried.forward_us
+    assert model <= carried.backward_us.median < model + TRANSIT_US / 2, carried.backward_us
+
+    plain, stats = _one_way_through_transit(tmp_path, slow_transit, carry=False)
+    assert stats["transit"]["carried_frames"] == 0
+    assert plain.forward_us.median >= model + TRANSIT_US, plain.forward_us
+    assert plain.forward_us.median - carried.forward_us.median > TRANSIT_US * 0.8
 
 
 def test_engine_start_failure_reports_stderr(tmp_path):

@@ -169,3 +169,50 @@ def test_channels_validated_and_survive_json():
     assert "two channels with vid 100" in text and "vid must be" in text and "pace_bps" in text
     with pytest.raises(DelayEngineError, match="unknown field"):
         LinkSpec.from_dict({"name": "t", "iface_a": "x", "iface_b": "y", "channels": [{"vid": 1, "delay": 3}]})
+
+
+# --- transit carry-over ----------------------------------------------------------------------
+
+def test_transit_memory_recalls_a_frame_back_within_the_window_only():
+    from twin.emulation.delay_engine import TransitMemory
+    mem = TransitMemory(window_ns=1_000_000, key_bytes=8)
+    frame = b"ABCDEFGH-payload"
+    mem.remember(mem.key(frame), 10_000_000)
+    assert mem.recall(mem.key(frame), 10_300_000) == 10_000_000
+    assert mem.recall(mem.key(b"ABCDEFGH-other-tail"), 10_300_000) == 10_000_000  # same headers: same frame
+    assert mem.recall(mem.key(b"ABCDEFGX-payload"), 10_300_000) is None
+    assert mem.recall(mem.key(frame), 9_999_999) is None       # before it left: a different frame
+    assert mem.recall(mem.key(frame), 11_000_000) is None      # outside the window
+    assert mem.carried == 2
+
+
+def test_transit_memory_expires_old_departures_but_keeps_a_newer_send_of_the_same_key():
+    from twin.emulation.delay_engine import TransitMemory
+    mem = TransitMemory(window_ns=1_000)
+    mem.remember(b"k", 0)
+    mem.remember(b"old", 100)
+    mem.remember(b"k", 5_000)  # the same frame sent again later
+    mem.expire(5_500)
+    assert len(mem) == 1
+    assert mem.recall(b"k", 5_200) == 5_000
+    mem.expire(10_000)
+    assert len(mem) == 0
+
+
+def test_a_carried_frame_keeps_the_configured_delay_despite_the_advance():
+    from twin.emulation.delay_engine import DepartureScheduler
+    first, later = DepartureScheduler(1000.0), DepartureScheduler(1000.0)
+    first.set_advance(80.0)
+    later.set_advance(80.0)
+    assert first.departure(0) == 920_000                      # entering the optical layer: advanced
+    assert later.departure(0, transit=True) == 1_000_000     # in transit: already paid on the first span
+
+
+def test_switch_passes_left_per_route():
+    from twin.emulation.session import switch_passes
+    route = ["a", "b", "c", "d"]
+    assert switch_passes(route, calibrated=True) == 1
+    assert switch_passes(route, calibrated=True, carried=True) == 1
+    assert switch_passes(route, calibrated=False, carried=True) == 2
+    assert switch_passes(["a"], calibrated=False, carried=True) == 1
+    assert switch_passes(route, calibrated=False) == 4

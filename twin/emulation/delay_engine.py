@@ -30,6 +30,17 @@ Timing, and why it is done this way (measured on a 2-vCPU Debian 12 VM):
   ``PACKET_IGNORE_OUTGOING`` keeps the engine from reading its own sends.
 * offloads are switched off on every interface (``prepare_interface``): with
   GSO/GRO a "frame" can be a 64 KB super-frame that cannot be re-sent.
+* transit carry-over (on by default, ``--no-transit-carry`` turns it off): a
+  frame that left one of this engine's links and comes back on another one
+  within ``CARRY_WINDOW_NS`` (it crossed a switch in transit) is scheduled from
+  the departure the engine *intended* for it on the previous link, not from
+  its arrival here. The emulator's own time in transit (engine lateness, the
+  switch's poll wake-up) is then absorbed by the next span's hold instead of
+  adding up along a route; only the first span of a route pays it, and span
+  calibration takes that out (``set_advance`` applies to first spans only).
+  A frame is recognised by its first ``CARRY_KEY_BYTES`` bytes (headers,
+  sequence numbers, checksums); a frame later than its intended arrival is
+  sent at once, never before it arrived.
 
 The pure parts (:class:`JitterSampler`, :class:`RouterQueue`,
 :class:`DepartureScheduler`) need no sockets and are unit-tested directly.
@@ -45,6 +56,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import collections
 import ctypes
 import ctypes.util
 import dataclasses
@@ -111,6 +123,8 @@ POLL_SPIN_NS = 15_000  # last stretch before a departure is a pure spin
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 MAX_QUEUED_FRAMES = 200_000
 MAX_BLOCK_S = 0.05  # bound on a blocking wait so a stop request is seen quickly
+CARRY_WINDOW_NS = 10_000_000  # a frame back within 10 ms of its intended departure is in transit
+CARRY_KEY_BYTES = 128  # Ethernet + VLAN + IP + TCP/UDP headers with options: identifies a frame
 
 
 class DelayEngineError(TwinError):
@@ -503,12 +517,19 @@ class DepartureScheduler:
             raise DelayEngineError(f"advance must be a finite number >= 0 us, got {advance_us!r}")
         self.delay_ns = max(0, self.configured_ns - int(round(advance_us * 1000)))
 
-    def departure(self, arrival_ns: int, frame_bytes: int = 0) -> int | None:
+    def departure(self, arrival_ns: int, frame_bytes: int = 0, transit: bool = False) -> int | None:
+        """``transit``: ``arrival_ns`` is the frame's intended departure from the previous span
+        (see the module docstring), so the calibrated advance, which is the emulator's
+        cost of entering the optical layer, is not taken off a second time.
+
+        >>> s = DepartureScheduler(500.0); s.set_advance(80.0); s.departure(0, transit=True)
+        500000
+        """
         if self.pacer is not None:
             arrival_ns = self.pacer.release_ns(arrival_ns, frame_bytes)
             if arrival_ns is None:
                 return None
-        extra = self.delay_ns
+        extra = self.configured_ns if transit else self.delay_ns
         if self.jitter is not None:
             extra += int(self.jitter.sample_us() * 1000)
             if extra < 0:
@@ -551,6 +572,57 @@ def frame_vid(frame: bytes) -> int | None:
     return None
 
 
+class TransitMemory:
+    """Intended departures of recently sent frames, so a frame coming back on another link
+    (in transit through a switch) can be scheduled from there (pure; no sockets).
+
+    >>> m = TransitMemory(window_ns=1000)
+    >>> m.remember(b"frame-1", 5000)
+    >>> m.recall(b"frame-1", 5400)       # back 400 ns after its intended departure
+    5000
+    >>> m.recall(b"frame-1", 4000) is None  # before it was meant to leave: not this frame
+    True
+    >>> m.recall(b"frame-2", 5400) is None
+    True
+    >>> m.expire(7000); m.recall(b"frame-1", 5400) is None
+    True
+    """
+
+    def __init__(self, window_ns: int = CARRY_WINDOW_NS, key_bytes: int = CARRY_KEY_BYTES):
+        self.window_ns = window_ns
+        self.key_bytes = key_bytes
+        self._departures: dict[bytes, int] = {}
+        self._order: collections.deque = collections.deque()
+        self.carried = 0
+
+    def key(self, frame: bytes) -> bytes:
+        return frame[:self.key_bytes]
+
+    def remember(self, key: bytes, departure_ns: int) -> None:
+        self._departures[key] = departure_ns
+        self._order.append((departure_ns, key))
+
+    def recall(self, key: bytes, arrival_ns: int) -> int | None:
+        """The intended departure of this frame from the previous link, if it left one
+        at most ``window_ns`` before ``arrival_ns``; else None."""
+        departed = self._departures.get(key)
+        if departed is None or not departed <= arrival_ns < departed + self.window_ns:
+            return None
+        self.carried += 1
+        return departed
+
+    def expire(self, now_ns: int) -> None:
+        horizon = now_ns - self.window_ns
+        order, departures = self._order, self._departures
+        while order and order[0][0] < horizon:
+            departed, key = order.popleft()
+            if departures.get(key) == departed:
+                del departures[key]
+
+    def __len__(self) -> int:
+        return len(self._departures)
+
+
 @dataclass
 class ChannelStats:
     frames: int = 0
@@ -583,7 +655,7 @@ class DirectionQueues:
                 self.channels[channel.vid] = sched
         self.unknown_vid = 0
 
-    def admit(self, arrival_ns: int, vid: int | None, frame_bytes: int) -> int | None:
+    def admit(self, arrival_ns: int, vid: int | None, frame_bytes: int, transit: bool = False) -> int | None:
         sched = self.catch_all
         key = ANY_VID
         if sched is None:
@@ -592,7 +664,7 @@ class DirectionQueues:
             if sched is None:
                 self.unknown_vid += 1
                 return None
-        dep = sched.departure(arrival_ns, frame_bytes)
+        dep = sched.departure(arrival_ns, frame_bytes, transit)
         st = self.stats[key]
         if dep is None:
             st.paced_drops += 1
@@ -833,10 +905,12 @@ class _Direction:
 class DelayEngine:
     """The forwarding loop for a set of links (see the module docstring)."""
 
-    def __init__(self, links: Sequence[LinkSpec], *, spin_us: float = DEFAULT_SPIN_US, prepare: bool = True):
+    def __init__(self, links: Sequence[LinkSpec], *, spin_us: float = DEFAULT_SPIN_US, prepare: bool = True,
+                 transit_carry: bool = True):
         validate_links(links)
         self.links = list(links)
         self.spin_ns = int(spin_us * 1000)
+        self.transit = TransitMemory() if transit_carry else None
         self._socks: dict[str, socket.socket] = {}
         self._dirs: list[_Direction] = []
         self._by_fd: dict[int, _Direction] = {}
@@ -890,6 +964,11 @@ class DelayEngine:
             out.setdefault(link, {})[direction] = {**d.stats.as_dict(), **d.queues.stats_dict()}
         return out
 
+    def transit_stats(self) -> dict:
+        """Whether transit carry-over is on, and how many frames it scheduled from a previous span."""
+        return {"transit_carry": self.transit is not None,
+                "carried_frames": self.transit.carried if self.transit is not None else 0}
+
     def set_pace(self, link_name: str, vid: int | None, pace_bps: float | None) -> None:
         """Re-shape one channel of a link (both directions) while running.
 
@@ -935,6 +1014,10 @@ class DelayEngine:
         spin_ns = self.spin_ns
         stop_is_set = stop.is_set
         max_queued = MAX_QUEUED_FRAMES
+        transit = self.transit
+        carry_bytes = transit.key_bytes if transit is not None else 0
+        recall = transit.recall if transit is not None else None
+        remember = transit.remember if transit is not None else None
 
         def drain(d: _Direction) -> None:
             ring = d.ring
@@ -963,7 +1046,13 @@ class DelayEngine:
                     vid = tci & 0x0FFF
                 elif trunk:
                     vid = frame_vid(data)
-                dep = admit(sec * 1_000_000_000 + nsec, vid, len(data))
+                arrival = sec * 1_000_000_000 + nsec
+                carried = False
+                if recall is not None:
+                    intended = recall(data[:carry_bytes], arrival)
+                    if intended is not None:
+                        arrival, carried = intended, True
+                dep = admit(arrival, vid, len(data), carried)
                 if dep is None:
                     continue  # no channel for this VLAN, or its shaper is full (counted per channel)
                 d.queued += 1
@@ -984,6 +1073,8 @@ class DelayEngine:
                     timer.clear()
             timeout = 0.0
             if not heap:
+                if transit is not None:
+                    transit.expire(clock())
                 timeout = MAX_BLOCK_S
                 continue
             now = clock()
@@ -1017,6 +1108,8 @@ class DelayEngine:
                 except OSError:
                     d.stats.drops += 1
                     continue
+                if remember is not None:
+                    remember(data[:carry_bytes], dep)
                 late = now - dep
                 st = d.stats
                 st.frames += 1
@@ -1025,6 +1118,8 @@ class DelayEngine:
                 if late > st.late_max_ns:
                     st.late_max_ns = late
                 sent += 1
+            if transit is not None:
+                transit.expire(now)
 
 
 def tune_process(*, rt_priority: int = 0, cpu: int | None = None, freeze_gc: bool = True) -> list[str]:
@@ -1080,8 +1175,9 @@ def apply_control_file(engine: "DelayEngine", path: str | os.PathLike) -> None:
 def run_engine(links: Sequence[LinkSpec], stop: threading.Event, *, spin_us: float = DEFAULT_SPIN_US,
                prepare: bool = True, on_ready: Callable[[], None] | None = None,
                control_file: str | os.PathLike | None = None,
-               control_due: threading.Event | None = None) -> dict:
-    """Run the engine in this thread until ``stop`` is set; return per-link stats.
+               control_due: threading.Event | None = None, transit_carry: bool = True) -> dict:
+    """Run the engine in this thread until ``stop`` is set; return ``{"links": per-link stats,
+    "transit": carry-over stats}``.
 
     ``on_ready`` is called once every socket is bound. Process-wide tuning
     (priority, GC) is left to the caller: see :func:`tune_process`. Each time
@@ -1090,13 +1186,13 @@ def run_engine(links: Sequence[LinkSpec], stop: threading.Event, *, spin_us: flo
     Raises:
         DelayEngineError: invalid links, missing tools, missing interfaces or privileges.
     """
-    engine = DelayEngine(links, spin_us=spin_us, prepare=prepare)
+    engine = DelayEngine(links, spin_us=spin_us, prepare=prepare, transit_carry=transit_carry)
     try:
         if on_ready is not None:
             on_ready()
         control = (lambda eng: apply_control_file(eng, control_file)) if control_file else None
         engine.run(stop, control, control_due if control_file else None)
-        return engine.stats()
+        return {"links": engine.stats(), "transit": engine.transit_stats()}
     finally:
         engine.close()
 
@@ -1116,7 +1212,8 @@ class DelayEngineProcess:
 
     def __init__(self, links: Sequence[LinkSpec], *, workdir: str | os.PathLike, ready_timeout_s: float = 10.0,
                  spin_us: float = DEFAULT_SPIN_US, python: str = sys.executable, prepare: bool = True,
-                 rt_priority: int = 0, cpu: int | None = None, exec_prefix: Sequence[str] = ()):
+                 rt_priority: int = 0, cpu: int | None = None, exec_prefix: Sequence[str] = (),
+                 transit_carry: bool = True):
         validate_links(links)
         # e.g. ["mnexec", "-a", PID]: run inside a Mininet node's namespaces (mnexec execs, so the PID stays ours)
         self.exec_prefix = list(exec_prefix)
@@ -1128,6 +1225,7 @@ class DelayEngineProcess:
         self.prepare = prepare
         self.rt_priority = rt_priority
         self.cpu = cpu
+        self.transit_carry = transit_carry
         self.proc: subprocess.Popen | None = None
         self.stats: dict | None = None
         self.config_path = self.workdir / "delay-engine-links.json"
@@ -1163,6 +1261,8 @@ class DelayEngineProcess:
                 "--control-file", str(self.control_path), "--spin-us", str(self.spin_us)]
         if not self.prepare:
             args.append("--no-prepare")
+        if not self.transit_carry:
+            args.append("--no-transit-carry")
         if self.rt_priority:
             args += ["--rt-priority", str(self.rt_priority)]
         if self.cpu is not None:
@@ -1262,6 +1362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-prepare", action="store_true", help="do not touch offloads/IPv6/link state")
     parser.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority (0 = normal scheduling)")
     parser.add_argument("--cpu", type=int, help="pin the engine to this CPU")
+    parser.add_argument("--no-transit-carry", action="store_true",
+                        help="schedule every frame from its arrival, also in transit (see the module docstring)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -1287,7 +1389,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in tune_process(rt_priority=args.rt_priority, cpu=args.cpu):
             log.warning("tuning not applied: %s", problem)
         stats = run_engine(links, stop, spin_us=args.spin_us, prepare=not args.no_prepare, on_ready=on_ready,
-                           control_file=args.control_file, control_due=control_due)
+                           control_file=args.control_file, control_due=control_due,
+                           transit_carry=not args.no_transit_carry)
     except TwinError as exc:
         if args.debug:
             raise
@@ -1295,7 +1398,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.stats_file:
         tmp = Path(args.stats_file + ".tmp")
-        tmp.write_text(json.dumps({"links": stats}, indent=1))
+        tmp.write_text(json.dumps(stats, indent=1))
         tmp.replace(args.stats_file)
     return 0
 

@@ -65,10 +65,18 @@ def cpu_plan(available: set[int]) -> tuple[int | None, set[int] | None]:
     return datapath, set(available) - {datapath}
 
 
-def switch_passes(route: list[str], calibrated: bool) -> int:
+def switch_passes(route: list[str], calibrated: bool, carried: bool = False) -> int:
     """Switch passes of the emulator's own forwarding time left in a lightpath's one-way
-    delay: one (the path's ends) when the spans are calibrated, else one per site on the route."""
-    return 1 if calibrated else len(route)
+    delay: one (the path's ends) when the spans are calibrated; two (the first span's and
+    the last switch's) when the delay engine carries transit frames over
+    (:class:`~twin.emulation.delay_engine.TransitMemory`); else one per site on the route.
+
+    >>> switch_passes(["a", "b", "c", "d"], False), switch_passes(["a", "b", "c", "d"], False, True)
+    (4, 2)
+    """
+    if calibrated:
+        return 1
+    return min(2, len(route)) if carried else len(route)
 
 
 @dataclass
@@ -84,6 +92,7 @@ class PairCheck:
     baseline_one_way_ms: float
     tolerance_ms: float
     calibrated: bool = False
+    carried: bool = False
 
     @property
     def measured_one_way_ms(self) -> float:
@@ -94,7 +103,7 @@ class PairCheck:
         """Measured minus (model + the emulator's own forwarding time): one switch pass when the
         spans are calibrated (:meth:`TwinSession.calibrate_transit`), else one per site on the route."""
         return (self.measured_one_way_ms - self.model_one_way_ms
-                - self.baseline_one_way_ms * switch_passes(self.route, self.calibrated))
+                - self.baseline_one_way_ms * switch_passes(self.route, self.calibrated, self.carried))
 
     @property
     def ok(self) -> bool:
@@ -123,6 +132,7 @@ class TwinSession:
     engine_spin_us: float = ENGINE_SPIN_US           # the engine busy-waits this long before a departure
     pmd_maxsleep_us: int = PMD_MAXSLEEP_US           # OVS PMD's longest idle sleep (accuracy vs CPU)
     calibrate: bool = True                           # take the emulator's transit time out of span delays
+    transit_carry: bool = True                       # transit frames keep their intended time (delay_engine)
     cpu_partition: bool = False                      # datapath on one CPU, workloads on the others (cpu_plan)
     record: RunRecord = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
@@ -163,7 +173,7 @@ class TwinSession:
         network = ApnNetwork(self.topology, self.record, controller_port=0, backend=self.backend,
                              port_type=self.port_type, engine_rt_priority=self.engine_rt_priority,
                              engine_spin_us=self.engine_spin_us, pmd_maxsleep_us=self.pmd_maxsleep_us,
-                             datapath_cpu=self.datapath_cpu)
+                             datapath_cpu=self.datapath_cpu, transit_carry=self.transit_carry)
         network.port_map.save(portmap_path)
         self.controller = ControllerProcess(self.topology_path, portmap_path=portmap_path,
                                             workdir=self.record.directory, api_port=self.api_port,
@@ -329,6 +339,11 @@ class TwinSession:
         with self.reflectors([dst], plane=plane):
             return self._send_probes(src, dst, plane=plane, count=count, rate=rate, size=size, poisson=poisson)
 
+    @property
+    def transit_carried(self) -> bool:
+        """Whether the delay engine carries transit frames over (it runs, and carry-over is on)."""
+        return self.transit_carry and self.network is not None and self.network.link_backend == "userspace"
+
     def baseline_one_way_ms(self, site: str | None = None, count: int = 300, *, poisson: bool = True) -> float:
         """One-way delay between two hosts on the same switch: the emulator's per-switch overhead."""
         site = site or self.topology.sites[0].id
@@ -342,7 +357,8 @@ class TwinSession:
         for lp in lightpaths:
             probe = self.probe(lp["src"], lp["dst"], count=count, rate=rate)
             checks.append(PairCheck(lp["src"], lp["dst"], "apn", lp["route"], lp["one_way_ms"], probe,
-                                    baseline, tolerance_ms, calibrated=self.calibration is not None))
+                                    baseline, tolerance_ms, calibrated=self.calibration is not None,
+                                    carried=self.transit_carried))
             if progress:
                 progress(checks[-1])
         return checks
