@@ -98,7 +98,7 @@ ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.e
 # this cycle comes back, then prints the reply's timestamps as JSON.
 SETUP_SENDER = r"""
 import json, select, socket, sys, time
-from twin.emulation.probe import MAGIC, MIN_SIZE, PROBE_STRUCT, SO_TIMESTAMPNS, VERSION, _kernel_ts
+from twin.emulation.probe import MAGIC, MIN_SIZE, NO_FOLLOW_UP, PROBE_STRUCT, SO_TIMESTAMPNS, VERSION, _kernel_ts
 dst, port, interval_ns, timeout_s = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -114,7 +114,7 @@ for line in sys.stdin:
     deadline = start + int(timeout_s * 1e9)
     print("started", flush=True)
     while result is None and time.monotonic_ns() < deadline:
-        PROBE_STRUCT.pack_into(buf, 0, MAGIC, VERSION, 0, 0, base + i, 0, time.time_ns(), 0, 0)
+        PROBE_STRUCT.pack_into(buf, 0, MAGIC, VERSION, 0, 0, base + i, 0, time.time_ns(), 0, 0, NO_FOLLOW_UP, 0)
         try:
             sock.send(buf)
             sent += 1
@@ -137,7 +137,7 @@ for line in sys.stdin:
                 t4 = _kernel_ts(a, time.time_ns())
                 if len(data) < MIN_SIZE:
                     continue
-                magic, ver, _fl, _p, seq, rseq, t1, t2, t3 = PROBE_STRUCT.unpack_from(data)
+                magic, ver, _fl, _p, seq, rseq, t1, t2, t3, _fs, _ft = PROBE_STRUCT.unpack_from(data)
                 if magic == MAGIC and seq >= base and result is None:
                     result = {"seq": seq - base, "t1": t1, "t2": t2, "t3": t3, "t4": t4}
     print(json.dumps({"sent": sent, "result": result}), flush=True)
@@ -536,11 +536,12 @@ def main() -> int:
     parser.add_argument("--no-transit-carry", action="store_true",
                         help="the delay engine schedules transit frames from their arrival (delay_engine.TransitMemory)")
     parser.add_argument("--periodic", action="store_true", help="periodic probes instead of Poisson spacing")
-    parser.add_argument("--cpu-partition", action="store_true",
-                        help="give the engine and OVS's PMD thread a CPU of their own (TwinSession.cpu_plan)")
-    parser.add_argument("--pmd-maxsleep-us", type=int, default=PMD_MAXSLEEP_US,
+    parser.add_argument("--no-cpu-partition", action="store_true",
+                        help="let the engine and OVS's PMD thread share every CPU (default: a CPU of their own, "
+                             "TwinSession.cpu_plan)")
+    parser.add_argument("--pmd-maxsleep-us", type=int, default=None,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
-                             "pmd-maxsleep, for the run; default %(default)s)")
+                             f"pmd-maxsleep, for the run; default 0 on a CPU of its own, else {PMD_MAXSLEEP_US})")
     args = parser.parse_args()
     count = args.count or (500 if args.quick else 2000)
     pairs_limit = args.pairs or (6 if args.quick else None)
@@ -568,11 +569,12 @@ def main() -> int:
         POISSON.clear()
     session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority,
                           engine_spin_us=args.engine_spin_us, pmd_maxsleep_us=args.pmd_maxsleep_us,
-                          calibrate=not args.no_calibrate, cpu_partition=args.cpu_partition,
+                          calibrate=not args.no_calibrate, cpu_partition=not args.no_cpu_partition,
                           transit_carry=not args.no_transit_carry)
-    doc["settings"].update({"calibrate": not args.no_calibrate, "transit_carry": not args.no_transit_carry, "cpu_partition": args.cpu_partition,
+    doc["settings"].update({"calibrate": not args.no_calibrate, "transit_carry": not args.no_transit_carry,
+                            "cpu_partition": not args.no_cpu_partition,
                             "probe_spacing": "periodic" if args.periodic
-                            else "poisson", "port_type": args.port_type, "pmd_maxsleep_us": args.pmd_maxsleep_us,
+                            else "poisson", "port_type": args.port_type, "pmd_maxsleep_us": session.pmd_maxsleep_us,
                             "engine_rt_priority": args.engine_rt_priority, "engine_spin_us": args.engine_spin_us})
     t_exit = None
     try:

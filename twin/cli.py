@@ -104,7 +104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if scenario_topology.name != load_topology(args.topology).name:
             raise TwinError(f"{args.scenario}: its topology is {scenario_topology.name!r}, not "
                             f"{args.topology}; pass the scenario's topology or another scenario")
-    tuning = {"calibrate": not args.no_calibrate, "cpu_partition": args.cpu_partition}
+    tuning = {"calibrate": not args.no_calibrate, "cpu_partition": not args.no_cpu_partition}
     if args.pmd_maxsleep_us is not None:
         tuning["pmd_maxsleep_us"] = args.pmd_maxsleep_us
     with TwinSession(args.topology, backend=args.link_backend, api_port=args.api_port, **tuning) as session:
@@ -255,12 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-port", type=int, help="controller API port on 127.0.0.1 (default: a free port)")
     p.add_argument("--pmd-maxsleep-us", type=int, default=None, metavar="US",
                    help="OVS PMD thread's longest idle sleep: lower is more accurate and costs more CPU "
-                        "(10: ~31 us per switch, 55%% of a core when idle; default 50: ~46 us, 20%%)")
+                        "(default 0, polling, on the network's own CPU; 50 with --no-cpu-partition: "
+                        "~46 us per switch and 20%% of a core when idle)")
     p.add_argument("--no-calibrate", action="store_true",
                    help="keep the emulator's own per-span transit time (15-180 us per span here) in the delays")
-    p.add_argument("--cpu-partition", action="store_true",
-                   help="give the emulated network a CPU of its own and the shell's workloads the others "
-                        "(better latency for services, worse delay accuracy for the network alone)")
+    p.add_argument("--no-cpu-partition", action="store_true",
+                   help="let the emulated network share every CPU with the shell's workloads (default: the "
+                        "network gets a CPU of its own, polled by OVS; less accurate, leaves more CPU free)")
     p.add_argument("--count", type=int, default=500, help="probes per pair with --check (default 500)")
     p.add_argument("--rate", type=float, default=500.0, help="probes per second with --check (default 500)")
     # 300 us: the OVS userspace datapath's own noise on a 2-core machine (README, "Measured");

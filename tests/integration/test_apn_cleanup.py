@@ -7,6 +7,7 @@ tests, and two runs of one topology cannot coexist (same interface names).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from twin.emulation import records
+from twin.emulation.session import cpu_plan
 
 
 pytestmark = pytest.mark.root
@@ -36,6 +38,7 @@ def test_sigkill_then_twin_clean_leaves_nothing(tmp_path):
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
+    checked = False
     try:
         deadline = time.monotonic() + 120
         line = ""
@@ -49,11 +52,18 @@ def test_sigkill_then_twin_clean_leaves_nothing(tmp_path):
         started = records.RunRecord.load(records.RECORD_ROOT / run_id / "record.json").processes
         assert {p.what for p in started} >= {"controller", "delay engine"} or any(
             p.what == "controller" for p in started)
-        if _afxdp_ports():  # the PMD's idle sleep is set for the run, and must go with it
-            assert "pmd-maxsleep=50" in during["ovs_settings"]
+        if _afxdp_ports():  # the PMD's CPU and idle sleep are set for the run, and must go with it
+            datapath_cpu, _ = cpu_plan(os.sched_getaffinity(0))
+            if datapath_cpu is None:
+                assert "pmd-maxsleep=50" in during["ovs_settings"]
+            else:  # a CPU of its own: polled without sleeping
+                assert {"pmd-maxsleep=0", f"pmd-cpu-mask={hex(1 << datapath_cpu)}"} <= during["ovs_settings"]
+        checked = True
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        if not checked:  # a failed check above must not leave the run's objects to the next tests
+            subprocess.run([sys.executable, "-m", "twin", "clean"], capture_output=True, cwd=REPO)
     assert _snapshot() != before  # the kill left things behind...
     out = subprocess.run([sys.executable, "-m", "twin", "clean"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr

@@ -879,12 +879,14 @@ class DirectionStats:
     drops: int = 0
     late_sum_ns: int = 0
     late_max_ns: int = 0
+    carried: int = 0  # frames scheduled from their intended departure on a previous span
 
     def as_dict(self) -> dict:
         return {
             "frames": self.frames,
             "bytes": self.bytes,
             "drops": self.drops,
+            "carried": self.carried,
             "mean_lateness_us": round(self.late_sum_ns / self.frames / 1000, 3) if self.frames else 0.0,
             "max_lateness_us": round(self.late_max_ns / 1000, 3),
         }
@@ -1052,6 +1054,7 @@ class DelayEngine:
                     intended = recall(data[:carry_bytes], arrival)
                     if intended is not None:
                         arrival, carried = intended, True
+                        d.stats.carried += 1
                 dep = admit(arrival, vid, len(data), carried)
                 if dep is None:
                     continue  # no channel for this VLAN, or its shaper is full (counted per channel)

@@ -6,18 +6,29 @@ own receive sequence number. Sender and reflector run in different network
 namespaces of the same machine, so they share CLOCK_REALTIME (time namespaces
 only virtualise the monotonic/boot clocks) and one-way delays are meaningful.
 
-Timestamps (all CLOCK_REALTIME ns):
+Timestamps (all CLOCK_REALTIME ns), as close to the wire as the kernel gives them:
 
-* t1: sender, just before ``sendto`` (userspace);
+* t1: sender, the kernel's software transmit timestamp (``SO_TIMESTAMPING``,
+  taken as the interface sends the frame), else the time just before ``sendto``;
 * t2: reflector, kernel receive timestamp (``SO_TIMESTAMPNS``);
-* t3: reflector, just before ``sendto``;
+* t3: reflector, its kernel transmit timestamp, else the time just before ``sendto``;
 * t4: sender, kernel receive timestamp.
+
+Why kernel transmit timestamps: a userspace timestamp is taken before the
+system call, and a process preempted in between (on a 2-core machine running
+the emulator, it is) reports the wait as network delay: 6-8 us at the median
+and 20-60 us at p99 here. The sender reads its own transmit timestamps from
+the socket's error queue. The reflector learns its transmit timestamp only
+after sending, so it reports it in its next reply to the same sender (a
+follow-up: ``fu_seq``, ``fu_t3``); the last reply of a run keeps the userspace t3.
 
 forward = t2 - t1, backward = t4 - t3, rtt = (t4 - t1) - (t3 - t2).
 
 Wire format (network byte order, ``PROBE_STRUCT``): magic ``b"TWPR"``, version,
 flags, 2 pad bytes, sender seq (u32), reflector seq (u32, 0 from the sender),
-t1, t2, t3 (u64 each), then zero padding up to ``--size`` bytes of UDP payload.
+t1, t2, t3 (u64 each), fu_seq (u32: the sender seq of the previous reply to
+this sender, ``NO_FOLLOW_UP`` if none), 4 pad bytes, fu_t3 (u64: that reply's
+kernel transmit timestamp), then zero padding up to ``--size`` bytes of UDP payload.
 
 CLI::
 
@@ -68,10 +79,18 @@ from twin.errors import TwinError
 
 SCHEMA = "twin.probe/1"
 MAGIC = b"TWPR"
-VERSION = 1
-PROBE_STRUCT = struct.Struct("!4sBBHIIQQQ")
-MIN_SIZE = PROBE_STRUCT.size  # 40 bytes of UDP payload
+VERSION = 2
+PROBE_STRUCT = struct.Struct("!4sBBHIIQQQI4xQ")
+MIN_SIZE = PROBE_STRUCT.size  # 56 bytes of UDP payload
+NO_FOLLOW_UP = 0xFFFFFFFF
 SO_TIMESTAMPNS = 35
+SO_TIMESTAMPING = 37  # == SCM_TIMESTAMPING
+# SOF_TIMESTAMPING_TX_SOFTWARE | SOFTWARE | OPT_ID | OPT_TSONLY: a software transmit
+# timestamp per datagram, numbered in send order, without the payload looped back.
+TX_TIMESTAMP_FLAGS = (1 << 1) | (1 << 4) | (1 << 7) | (1 << 11)
+IP_RECVERR, IPV6_RECVERR = 11, 25
+SOCK_EXTENDED_ERR = struct.Struct("IBBBBII")  # errno, origin, type, code, pad, info, data (= the OPT_ID number)
+TX_TS_MAX_AFTER_NS = 5_000_000  # a kernel transmit stamp later than this after the userspace one is not ours
 PR_SET_TIMERSLACK = 29
 SPIN_NS = 150_000  # busy-wait the last 150 us before each send (select wakes late otherwise)
 
@@ -305,7 +324,62 @@ def _udp_socket(family: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TX_TIMESTAMP_FLAGS)
+    except OSError:
+        pass  # no transmit timestamps: userspace t1/t3 are used
     return sock
+
+
+class TxStamps:
+    """Kernel transmit timestamps of a socket's datagrams, by send order (``OPT_ID``).
+
+    Call :meth:`sent` after every successful send, with what the datagram is to the
+    caller (a sequence number, an address and seq, ...), then :meth:`collect` to read the
+    error queue; :meth:`take` pops the stamp of one datagram, if the kernel gave one.
+    """
+
+    MAX_PENDING = 10_000  # datagrams whose stamp never came are forgotten after this many more sends
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._tags: dict[int, object] = {}   # OPT_ID number -> tag, until its stamp is read
+        self._next = 0
+        self._stamps: dict = {}               # tag -> ns, until taken
+
+    def sent(self, tag) -> None:
+        self._tags[self._next] = tag
+        self._tags.pop(self._next - self.MAX_PENDING, None)
+        self._next += 1
+        while len(self._stamps) > self.MAX_PENDING:  # stamps nobody took (a reflector's last replies)
+            del self._stamps[next(iter(self._stamps))]
+
+    def collect(self) -> None:
+        while True:
+            try:
+                _data, anc, _flags, _addr = self.sock.recvmsg(0, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # a queued ICMP error, not a timestamp: the caller's own reads report it
+            stamp = number = None
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(data) >= 16:
+                    sec, nsec = _TS.unpack_from(data)  # ts[0]: the software stamp
+                    stamp = sec * 1_000_000_000 + nsec
+                elif (level, kind) in ((socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)) \
+                        and len(data) >= SOCK_EXTENDED_ERR.size:
+                    number = SOCK_EXTENDED_ERR.unpack_from(data)[6]
+            if stamp and number is not None and number in self._tags:
+                self._stamps[self._tags.pop(number)] = stamp
+
+    def take(self, tag, userspace_ns: int) -> int:
+        """The kernel stamp of ``tag``'s datagram if it is plausible (not before the
+        userspace stamp, at most ``TX_TS_MAX_AFTER_NS`` after it), else ``userspace_ns``."""
+        stamp = self._stamps.pop(tag, None)
+        if stamp is None or not userspace_ns <= stamp <= userspace_ns + TX_TS_MAX_AFTER_NS:
+            return userspace_ns
+        return stamp
 
 
 _TS = struct.Struct("qq")
@@ -320,7 +394,8 @@ def _kernel_ts(anc, fallback: int) -> int:
 
 
 def reflect(bind: str, port: int, *, max_packets: int | None = None) -> None:
-    """Echo probes forever (or ``max_packets``), stamping t2 (kernel RX) and t3."""
+    """Echo probes forever (or ``max_packets``), stamping t2 (kernel RX) and t3, and
+    following up each reply's kernel transmit stamp in the next reply to that sender."""
     _set_timer_slack()
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = _udp_socket(family)
@@ -329,20 +404,32 @@ def reflect(bind: str, port: int, *, max_packets: int | None = None) -> None:
     rseq = 0
     clock = time.time_ns
     pack_into, unpack_from = PROBE_STRUCT.pack_into, PROBE_STRUCT.unpack_from
+    stamps = TxStamps(sock)
+    last_reply: dict = {}  # sender address -> (its seq, userspace t3) of the last reply to it
     while max_packets is None or rseq < max_packets:
         data, anc, _flags, addr = sock.recvmsg(65535, anc_size)
         t2 = _kernel_ts(anc, clock())
         if len(data) < MIN_SIZE:
             continue
-        magic, ver, flags, _pad, seq, _r, t1, _t2, _t3 = unpack_from(data)
+        magic, ver, flags, _pad, seq, _r, t1, _t2, _t3, _fs, _ft = unpack_from(data)
         if magic != MAGIC or ver != VERSION:
             continue
         rseq += 1
+        stamps.collect()
+        fu_seq, fu_t3 = NO_FOLLOW_UP, 0
+        previous = last_reply.get(addr)
+        if previous is not None:
+            kernel_t3 = stamps.take((addr, previous[0]), previous[1])
+            if kernel_t3 != previous[1]:
+                fu_seq, fu_t3 = previous[0], kernel_t3
         buf = bytearray(data)
-        pack_into(buf, 0, MAGIC, VERSION, flags, 0, seq, rseq, t1, t2, 0)
+        pack_into(buf, 0, MAGIC, VERSION, flags, 0, seq, rseq, t1, t2, 0, fu_seq, fu_t3)
         # t3 is written last, as close to sendto as Python allows.
-        struct.pack_into("!Q", buf, 32, clock())
+        t3 = clock()
+        struct.pack_into("!Q", buf, 32, t3)
         sock.sendto(buf, addr)
+        stamps.sent((addr, seq))
+        last_reply[addr] = (seq, t3)
 
 
 def send_offsets_ns(rate_pps: float, count: int, *, poisson: bool = False, seed: int = 1) -> list[int]:
@@ -397,6 +484,8 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
     mono = time.monotonic_ns
     samples: list[Sample] = []
     offsets = send_offsets_ns(rate_pps, count, poisson=poisson, seed=seed)
+    stamps = TxStamps(sock)
+    follow_ups: dict[int, int] = {}  # seq -> the reflector's kernel t3 of its reply
 
     def read_replies() -> None:
         while True:
@@ -407,9 +496,11 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
             t4 = _kernel_ts(anc, clock())
             if len(data) < MIN_SIZE:
                 continue
-            magic, ver, _fl, _p, seq, rseq, t1, t2, t3 = unpack_from(data)
+            magic, ver, _fl, _p, seq, rseq, t1, t2, t3, fu_seq, fu_t3 = unpack_from(data)
             if magic == MAGIC and ver == VERSION:
                 samples.append(Sample(seq, rseq, t1, t2, t3, t4))
+                if fu_seq != NO_FOLLOW_UP:
+                    follow_ups[fu_seq] = fu_t3
 
     start = mono()
     for i in range(count):
@@ -423,11 +514,13 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
                 read_replies()
         while mono() < due:
             pass
-        pack_into(buf, 0, MAGIC, VERSION, 0, 0, i, 0, clock(), 0, 0)
+        pack_into(buf, 0, MAGIC, VERSION, 0, 0, i, 0, clock(), 0, 0, NO_FOLLOW_UP, 0)
         try:
             sock.send(buf)
         except (BlockingIOError, ConnectionRefusedError):
-            pass  # counted as lost; ICMP port unreachable from a missing reflector lands here
+            continue  # counted as lost; ICMP port unreachable from a missing reflector lands here
+        stamps.sent(i)
+        stamps.collect()
     end = mono()
     achieved = (count - 1) / ((end - start) / 1e9) if count > 1 and end > start else float(rate_pps)
     deadline = mono() + int(wait_s * 1e9)
@@ -441,8 +534,21 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
                 read_replies()
             except ConnectionRefusedError:
                 pass
+    stamps.collect()
     sock.close()
-    return samples, achieved
+    return [with_kernel_stamps(smp, stamps, follow_ups) for smp in samples], achieved
+
+
+def with_kernel_stamps(sample: Sample, stamps: TxStamps, follow_ups: dict[int, int]) -> Sample:
+    """``sample`` with t1 and t3 replaced by the kernel's transmit stamps where they are known
+    and plausible (within ``TX_TS_MAX_AFTER_NS`` after the userspace ones)."""
+    t1 = stamps.take(sample.seq, sample.t1)
+    t3 = follow_ups.get(sample.seq, sample.t3)
+    if not sample.t3 <= t3 <= sample.t3 + TX_TS_MAX_AFTER_NS:
+        t3 = sample.t3
+    if t1 == sample.t1 and t3 == sample.t3:
+        return sample
+    return dataclasses.replace(sample, t1=t1, t3=t3)
 
 
 # --------------------------------------------------------------------------- pcap helper

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twin.emulation.controller import ControllerProcess
-from twin.emulation.network import (ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, ApnNetwork, in_host,
-                                    userspace_datapath)
+from twin.emulation.network import (ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_DEDICATED_US, PMD_MAXSLEEP_US,
+                                    ApnNetwork, in_host, userspace_datapath)
 from twin.emulation.probe import ProbeSummary
 from twin.emulation.records import RunRecord, clean_record
 from twin.errors import TwinError
@@ -41,16 +41,21 @@ MAX_ADVANCE_US = 300.0
 def cpu_plan(available: set[int]) -> tuple[int | None, set[int] | None]:
     """(datapath CPU, workload CPUs) for the CPUs this process may use.
 
-    The emulated network (the delay engine and OVS's PMD thread) gets the highest
-    CPU to itself, the workloads (service containers, load generators) the rest.
-    Worth it when workloads run: on a shared 2-core machine a CNN inference or a
-    container start on the network's core delayed frames by milliseconds, and the
-    network's busy-waiting delayed the latency-critical server (default scenario,
-    6 h cut: drive-assist p99 of Fukuoka users 15.5-16.3 ms shared, 11.5-11.6 ms
-    partitioned). Not worth it for the network alone: the engine and the PMD thread
-    then wait for each other on one core (japan, 12 pairs: raw median error
-    +55 to +534 us partitioned, -38 to +775 us shared). With one CPU there is
-    nothing to partition.
+    The emulated network (the delay engine and OVS's PMD thread, which then polls
+    without sleeping: ``PMD_MAXSLEEP_DEDICATED_US``) gets the highest CPU to itself,
+    the workloads (service containers, load generators) the rest. Why, measured on
+    this 2-core machine (benchmarks/README.md):
+
+    * workloads: a CNN inference or a container start on the network's core
+      delayed frames by milliseconds, and the network's busy-waiting delayed the
+      latency-critical server (default scenario, 6 h cut: drive-assist p99 of
+      Fukuoka users 15.5-16.3 ms shared, 11.5-11.6 ms partitioned);
+    * the network alone: one switch pass 7.7 us instead of 49 us, and 21 of 36
+      japan pairs within 30 us median error instead of 13 (with a sleeping PMD
+      thread, partitioning alone had made it worse: the engine and the PMD thread
+      waited for each other).
+
+    With one CPU there is nothing to partition.
 
     >>> cpu_plan({0, 1})
     (1, {0})
@@ -130,10 +135,11 @@ class TwinSession:
     port_type: str = "auto"     # OVS interface type of every switch port (network.PORT_TYPES)
     engine_rt_priority: int = ENGINE_RT_PRIORITY  # SCHED_FIFO priority of the delay engine (0: normal)
     engine_spin_us: float = ENGINE_SPIN_US           # the engine busy-waits this long before a departure
-    pmd_maxsleep_us: int = PMD_MAXSLEEP_US           # OVS PMD's longest idle sleep (accuracy vs CPU)
+    pmd_maxsleep_us: int | None = None               # OVS PMD's longest idle sleep (accuracy vs CPU);
+    #                                                  None: 0 with a CPU of its own, else PMD_MAXSLEEP_US
     calibrate: bool = True                           # take the emulator's transit time out of span delays
     transit_carry: bool = True                       # transit frames keep their intended time (delay_engine)
-    cpu_partition: bool = False                      # datapath on one CPU, workloads on the others (cpu_plan)
+    cpu_partition: bool = True                       # datapath on one CPU, workloads on the others (cpu_plan)
     record: RunRecord = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
 
@@ -145,6 +151,8 @@ class TwinSession:
         self.calibration: dict | None = None
         self.datapath_cpu, self.workload_cpus = cpu_plan(os.sched_getaffinity(0)) if self.cpu_partition \
             else (None, None)
+        if self.pmd_maxsleep_us is None:
+            self.pmd_maxsleep_us = PMD_MAXSLEEP_DEDICATED_US if self.datapath_cpu is not None else PMD_MAXSLEEP_US
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "TwinSession":

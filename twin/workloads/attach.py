@@ -10,6 +10,7 @@ API. Only a run whose owner process is still alive is attached to.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class AttachedSession:
     client: ControllerClient
     topology_path: Path
     topology: object = field(init=False)
-    workload_cpus: set[int] | None = None  # 'twin up' leaves the CPUs shared unless --cpu-partition
+    workload_cpus: set[int] | None = None  # None: the run's network shares every CPU (see workload_cpus_of)
 
     def __post_init__(self) -> None:
         self.topology = load_topology(self.topology_path)
@@ -85,4 +86,20 @@ def attach(run_id: str | None = None, root: Path = RECORD_ROOT) -> AttachedSessi
     port_map = PortMap.load(config["portmap_path"])
     hosts = {p.what.removeprefix(HOST_PREFIX): p.pid for p in record.processes if p.what.startswith(HOST_PREFIX)}
     client = ControllerClient(config["api_host"], int(config["api_port"]))
-    return AttachedSession(record, AttachedNetwork(port_map, hosts), client, Path(config["topology_path"]))
+    return AttachedSession(record, AttachedNetwork(port_map, hosts), client, Path(config["topology_path"]),
+                           workload_cpus=workload_cpus_of(record))
+
+
+def workload_cpus_of(record: RunRecord) -> set[int] | None:
+    """The CPUs a live run leaves to workloads: all but its network's own CPU when it has
+    one (its delay engine is pinned to it, see ``TwinSession.cpu_plan``), else None."""
+    allowed = os.sched_getaffinity(0)
+    for proc in record.processes:
+        if proc.what == "delay engine":
+            try:
+                engine_cpus = os.sched_getaffinity(proc.pid)
+            except OSError:
+                return None
+            rest = allowed - engine_cpus
+            return rest if len(engine_cpus) == 1 and rest else None
+    return None

@@ -1,0 +1,103 @@
+"""Kernel transmit timestamps in the probes (loopback only, no root)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+from twin.emulation.probe import (
+    MAGIC,
+    NO_FOLLOW_UP,
+    PROBE_STRUCT,
+    TX_TS_MAX_AFTER_NS,
+    VERSION,
+    Sample,
+    TxStamps,
+    _udp_socket,
+    reflect,
+    send,
+    with_kernel_stamps,
+)
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tx_stamps_are_the_kernels_and_follow_the_userspace_ones():
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    tx = _udp_socket(socket.AF_INET)
+    tx.connect(rx.getsockname())
+    stamps = TxStamps(tx)
+    userspace = {}
+    for i in range(50):
+        userspace[i] = time.time_ns()
+        tx.send(b"x" * 64)
+        stamps.sent(i)
+    stamps.collect()
+    kernel = {i: stamps.take(i, userspace[i]) for i in range(50)}
+    tx.close()
+    rx.close()
+    assert all(userspace[i] <= kernel[i] <= userspace[i] + TX_TS_MAX_AFTER_NS for i in range(50))
+    assert sum(kernel[i] != userspace[i] for i in range(50)) >= 45, "loopback gave (almost) no transmit stamps"
+    assert stamps.take(0, 123) == 123  # taken once only
+
+
+def test_implausible_stamps_fall_back_to_userspace():
+    class Fixed:
+        def __init__(self, value):
+            self.value = value
+
+        def take(self, _tag, userspace_ns):
+            return self.value if userspace_ns <= self.value <= userspace_ns + TX_TS_MAX_AFTER_NS else userspace_ns
+
+    s = Sample(seq=7, reflector_seq=1, t1=1_000, t2=5_000, t3=6_000, t4=9_000)
+    got = with_kernel_stamps(s, Fixed(1_010), {7: 6_020})
+    assert (got.t1, got.t3) == (1_010, 6_020)
+    assert got.forward_ns == 3_990 and got.backward_ns == 2_980
+    # A follow-up from before the reply was sent, or long after, is not this reply's.
+    assert with_kernel_stamps(s, Fixed(1_010), {7: 5_999}).t3 == 6_000
+    assert with_kernel_stamps(s, Fixed(1_010), {7: 6_000 + TX_TS_MAX_AFTER_NS + 1}).t3 == 6_000
+    assert with_kernel_stamps(s, Fixed(10**12), {}) == s
+
+
+def test_reflector_follows_up_its_previous_replys_kernel_stamp():
+    port = _free_udp_port()
+    worker = threading.Thread(target=reflect, args=("127.0.0.1", port), kwargs={"max_packets": 3}, daemon=True)
+    worker.start()
+    time.sleep(0.2)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2.0)
+    sock.connect(("127.0.0.1", port))
+    replies = []
+    for seq in (10, 11, 12):
+        buf = bytearray(64)
+        PROBE_STRUCT.pack_into(buf, 0, MAGIC, VERSION, 0, 0, seq, 0, time.time_ns(), 0, 0, NO_FOLLOW_UP, 0)
+        sock.send(buf)
+        replies.append(PROBE_STRUCT.unpack_from(sock.recv(2048)))
+    sock.close()
+    worker.join(2.0)
+    fields = [dict(zip(("magic", "ver", "flags", "pad", "seq", "rseq", "t1", "t2", "t3", "fu_seq", "fu_t3"), r))
+              for r in replies]
+    assert [f["seq"] for f in fields] == [10, 11, 12]
+    assert fields[0]["fu_seq"] == NO_FOLLOW_UP
+    for earlier, later in zip(fields, fields[1:]):
+        assert later["fu_seq"] == earlier["seq"]
+        assert earlier["t3"] <= later["fu_t3"] <= earlier["t3"] + TX_TS_MAX_AFTER_NS
+
+
+def test_send_and_reflect_on_loopback_give_consistent_delays():
+    port = _free_udp_port()
+    worker = threading.Thread(target=reflect, args=("127.0.0.1", port), kwargs={"max_packets": 200}, daemon=True)
+    worker.start()
+    time.sleep(0.2)
+    samples, _rate = send("127.0.0.1", port, rate_pps=2000, count=200, wait_s=0.5)
+    worker.join(2.0)
+    assert len(samples) == 200
+    for s in samples:
+        assert s.forward_ns >= 0 and s.backward_ns >= 0, s
+        assert s.rtt_ns == s.forward_ns + s.backward_ns
