@@ -92,12 +92,20 @@ def test_reflector_follows_up_its_previous_replys_kernel_stamp():
 
 def test_send_and_reflect_on_loopback_give_consistent_delays():
     port = _free_udp_port()
-    worker = threading.Thread(target=reflect, args=("127.0.0.1", port), kwargs={"max_packets": 200}, daemon=True)
+    bound = threading.Event()
+    worker = threading.Thread(target=reflect, args=("127.0.0.1", port),
+                              kwargs={"max_packets": 200, "on_ready": bound.set}, daemon=True)
     worker.start()
-    time.sleep(0.2)
+    assert bound.wait(5.0)
     samples, _rate = send("127.0.0.1", port, rate_pps=2000, count=200, wait_s=0.5)
     worker.join(2.0)
     assert len(samples) == 200
     for s in samples:
         assert s.forward_ns >= 0 and s.backward_ns >= 0, s
         assert s.rtt_ns == s.forward_ns + s.backward_ns
+
+
+def test_probes_to_a_missing_reflector_are_lost_not_an_error():
+    """ICMP port unreachable comes back for every probe; the sender counts them lost."""
+    samples, _rate = send("127.0.0.1", _free_udp_port(), rate_pps=2000, count=50, wait_s=0.2)
+    assert samples == []

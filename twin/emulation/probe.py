@@ -72,7 +72,7 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from twin.errors import TwinError
@@ -393,13 +393,17 @@ def _kernel_ts(anc, fallback: int) -> int:
     return fallback
 
 
-def reflect(bind: str, port: int, *, max_packets: int | None = None) -> None:
+def reflect(bind: str, port: int, *, max_packets: int | None = None,
+            on_ready: Callable[[], None] | None = None) -> None:
     """Echo probes forever (or ``max_packets``), stamping t2 (kernel RX) and t3, and
-    following up each reply's kernel transmit stamp in the next reply to that sender."""
+    following up each reply's kernel transmit stamp in the next reply to that sender.
+    ``on_ready`` is called once the socket is bound."""
     _set_timer_slack()
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     sock = _udp_socket(family)
     sock.bind((bind, port))
+    if on_ready is not None:
+        on_ready()
     anc_size = socket.CMSG_SPACE(16)
     rseq = 0
     clock = time.time_ns
@@ -493,6 +497,8 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
                 data, anc, _f, _a = sock.recvmsg(65535, anc_size)
             except BlockingIOError:
                 return
+            except ConnectionRefusedError:
+                continue  # ICMP port unreachable for an earlier probe (reflector not up yet): that probe is lost
             t4 = _kernel_ts(anc, clock())
             if len(data) < MIN_SIZE:
                 continue
@@ -606,7 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "reflect":
             try:
-                reflect(args.bind, args.port, max_packets=args.max_packets)
+                # "ready" on stdout once bound: whoever started the reflector can wait for it.
+                reflect(args.bind, args.port, max_packets=args.max_packets,
+                        on_ready=lambda: print("ready", flush=True))
             except KeyboardInterrupt:
                 pass
             return 0

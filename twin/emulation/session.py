@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -30,6 +31,7 @@ from twin.model.validate import load_topology
 
 log = logging.getLogger(__name__)
 
+REFLECTOR_READY_TIMEOUT_S = 10.0
 PROBE_PORT = 8620
 # Transit calibration: probes per span, their rate, and the largest hold the engine may
 # take off a span direction (a measurement spoiled by a hiccup must not erase a delay).
@@ -310,11 +312,17 @@ class TwinSession:
                 procs[site] = subprocess.Popen(
                     in_host(pid, [sys.executable, "-m", "twin.emulation.probe", "reflect", "--bind",
                                   net.host_ip(site, ad.COMPUTE, plane_no), "--port", str(PROBE_PORT)]),
-                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            time.sleep(0.3)  # let them bind
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            # Wait until each is bound ("ready"): a probe sent earlier is refused, and on a busy
+            # machine Python's start-up alone can take longer than any fixed pause.
             for site, proc in procs.items():
-                if proc.poll() is not None:
-                    raise TwinError(f"probe reflector at {site} failed: {proc.stderr.read().decode()[-500:]}")
+                ready, _, _ = select.select([proc.stdout], [], [], REFLECTOR_READY_TIMEOUT_S)
+                line = proc.stdout.readline() if ready else b""
+                if line.strip() != b"ready":
+                    proc.kill()
+                    proc.wait()
+                    raise TwinError(f"probe reflector at {site} did not start within "
+                                    f"{REFLECTOR_READY_TIMEOUT_S:.0f} s: {proc.stderr.read().decode()[-500:]}")
             yield
         finally:
             for proc in procs.values():
