@@ -63,7 +63,12 @@ def test_the_network_and_the_workloads_have_cpus_of_their_own(twin, tmp_path):
     if len(cpus) < 2:
         pytest.skip("one CPU: nothing to partition")
     assert session.datapath_cpu == max(cpus) and session.workload_cpus == cpus - {max(cpus)}
-    assert os.sched_getaffinity(session.network.engine.pid) == {session.datapath_cpu}
+    # The engine stays off the PMD thread's CPU (cpu_plan says why).
+    assert os.sched_getaffinity(session.network.engine.pid) == session.workload_cpus
+    # ...and 'twin shift' against this run finds the plan in its record.
+    from twin.emulation.records import RunRecord
+    from twin.workloads.attach import workload_cpus_of
+    assert workload_cpus_of(RunRecord.load(session.record.path)) == session.workload_cpus
     if session.network.ovs_port_type.startswith("afxdp"):
         mask = subprocess.run(["ovs-vsctl", "get", "Open_vSwitch", ".", "other_config:pmd-cpu-mask"],
                               capture_output=True, text=True, check=True).stdout.strip().strip('"')

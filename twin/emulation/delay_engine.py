@@ -79,7 +79,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -1125,24 +1125,27 @@ class DelayEngine:
                 transit.expire(now)
 
 
-def tune_process(*, rt_priority: int = 0, cpu: int | None = None, freeze_gc: bool = True) -> list[str]:
+def tune_process(*, rt_priority: int = 0, cpus: Collection[int] | None = None, freeze_gc: bool = True) -> list[str]:
     """Reduce scheduling outliers of the engine process; returns what could not be applied.
 
     * ``rt_priority`` > 0: SCHED_FIFO at that priority, so other tasks on the CPU
       cannot delay a departure by a whole time slice (ms). The engine sleeps
       between deadlines and spins at most ``spin_us``, and the kernel's RT
       throttling still leaves 5 % of each CPU to others.
-    * ``cpu``: pin to one CPU (keeps caches warm, keeps other pinned work away).
+    * ``cpus``: run only on these CPUs (TwinSession keeps the engine off the core
+      that OVS's PMD thread polls: sharing it, each frame the PMD thread handed
+      over woke the engine, which preempted the PMD thread, and frames waited at
+      both ends of a route for tens to hundreds of us).
     * ``freeze_gc``: the hot loop allocates only acyclic objects (bytes, tuples);
       a cyclic-GC pass over the heap every few thousand frames costs up to
       milliseconds, so collection is disabled after setup.
     """
     failed = []
-    if cpu is not None:
+    if cpus:
         try:
-            os.sched_setaffinity(0, {cpu})
+            os.sched_setaffinity(0, set(cpus))
         except OSError as exc:
-            failed.append(f"cpu {cpu}: {exc}")
+            failed.append(f"cpus {sorted(cpus)}: {exc}")
     if rt_priority > 0:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
@@ -1215,7 +1218,7 @@ class DelayEngineProcess:
 
     def __init__(self, links: Sequence[LinkSpec], *, workdir: str | os.PathLike, ready_timeout_s: float = 10.0,
                  spin_us: float = DEFAULT_SPIN_US, python: str = sys.executable, prepare: bool = True,
-                 rt_priority: int = 0, cpu: int | None = None, exec_prefix: Sequence[str] = (),
+                 rt_priority: int = 0, cpus: Collection[int] | None = None, exec_prefix: Sequence[str] = (),
                  transit_carry: bool = True):
         validate_links(links)
         # e.g. ["mnexec", "-a", PID]: run inside a Mininet node's namespaces (mnexec execs, so the PID stays ours)
@@ -1227,7 +1230,7 @@ class DelayEngineProcess:
         self.python = python
         self.prepare = prepare
         self.rt_priority = rt_priority
-        self.cpu = cpu
+        self.cpus = sorted(cpus) if cpus else None
         self.transit_carry = transit_carry
         self.proc: subprocess.Popen | None = None
         self.stats: dict | None = None
@@ -1268,8 +1271,8 @@ class DelayEngineProcess:
             args.append("--no-transit-carry")
         if self.rt_priority:
             args += ["--rt-priority", str(self.rt_priority)]
-        if self.cpu is not None:
-            args += ["--cpu", str(self.cpu)]
+        if self.cpus:
+            args += ["--cpus", ",".join(str(c) for c in self.cpus)]
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         deadline = time.monotonic() + self.ready_timeout_s
@@ -1353,6 +1356,16 @@ class DelayEngineProcess:
 # --------------------------------------------------------------------------- CLI
 
 
+def _cpu_list(text: str) -> set[int]:
+    try:
+        cpus = {int(c) for c in text.split(",")}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of CPU numbers, e.g. 0,2")
+    if any(c < 0 for c in cpus):
+        raise argparse.ArgumentTypeError(f"{text!r}: CPU numbers are >= 0")
+    return cpus
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m twin.emulation.delay_engine",
                                      description="Userspace per-link delay/jitter engine (needs root).")
@@ -1364,7 +1377,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="busy-wait this long before each departure (default %(default)s)")
     parser.add_argument("--no-prepare", action="store_true", help="do not touch offloads/IPv6/link state")
     parser.add_argument("--rt-priority", type=int, default=0, help="SCHED_FIFO priority (0 = normal scheduling)")
-    parser.add_argument("--cpu", type=int, help="pin the engine to this CPU")
+    parser.add_argument("--cpus", type=_cpu_list, help="run the engine only on these CPUs (comma-separated)")
     parser.add_argument("--no-transit-carry", action="store_true",
                         help="schedule every frame from its arrival, also in transit (see the module docstring)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -1389,7 +1402,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         links = load_links(args.config)
-        for problem in tune_process(rt_priority=args.rt_priority, cpu=args.cpu):
+        for problem in tune_process(rt_priority=args.rt_priority, cpus=args.cpus):
             log.warning("tuning not applied: %s", problem)
         stats = run_engine(links, stop, spin_us=args.spin_us, prepare=not args.no_prepare, on_ready=on_ready,
                            control_file=args.control_file, control_due=control_due,

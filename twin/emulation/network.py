@@ -166,7 +166,8 @@ class ApnNetwork:
     engine_rt_priority: int = ENGINE_RT_PRIORITY
     engine_spin_us: float = ENGINE_SPIN_US
     pmd_maxsleep_us: int = PMD_MAXSLEEP_US
-    datapath_cpu: int | None = None  # pin the delay engine and OVS's PMD thread here (TwinSession's CPU plan)
+    datapath_cpu: int | None = None  # OVS's PMD thread polls this CPU (TwinSession's CPU plan)
+    engine_cpus: set[int] | None = None  # the delay engine runs on these (kept off the PMD thread's CPU)
     transit_carry: bool = True  # the engine schedules transit frames from their intended departure (delay_engine)
     link_backend: str = field(init=False, default="")
     port_map: PortMap = field(init=False)
@@ -361,7 +362,7 @@ class ApnNetwork:
         self._engine = DelayEngineProcess(specs, workdir=self.record.directory,
                                           exec_prefix=["mnexec", "-a", str(delay_host.pid)],
                                           ready_timeout_s=120.0, rt_priority=self.engine_rt_priority,
-                                          spin_us=self.engine_spin_us, cpu=self.datapath_cpu,
+                                          spin_us=self.engine_spin_us, cpus=self.engine_cpus,
                                           transit_carry=self.transit_carry)
         self._engine.start()
         self.record.add_process(self._engine.pid, "delay engine")

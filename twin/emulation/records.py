@@ -67,6 +67,7 @@ class RunRecord:
     processes: list[ProcessRecord] = field(default_factory=list)
     interfaces: list[str] = field(default_factory=list)
     containers: list[str] = field(default_factory=list)
+    workload_cpus: list[int] | None = None  # CPUs the run leaves to workloads (TwinSession's CPU plan)
     path: Path | None = None
 
     @classmethod

@@ -43,19 +43,19 @@ MAX_ADVANCE_US = 300.0
 def cpu_plan(available: set[int]) -> tuple[int | None, set[int] | None]:
     """(datapath CPU, workload CPUs) for the CPUs this process may use.
 
-    The emulated network (the delay engine and OVS's PMD thread, which then polls
-    without sleeping: ``PMD_MAXSLEEP_DEDICATED_US``) gets the highest CPU to itself,
-    the workloads (service containers, load generators) the rest. Why, measured on
-    this 2-core machine (benchmarks/README.md):
+    OVS's PMD thread gets the highest CPU to itself and polls it without sleeping
+    (``PMD_MAXSLEEP_DEDICATED_US``, as OVS-DPDK's PMDs do on their cores); the delay
+    engine (SCHED_FIFO, asleep between departures), the service containers and the
+    load generators share the rest. Why, measured on this 2-core machine
+    (benchmarks/README.md, fourth pass):
 
-    * workloads: a CNN inference or a container start on the network's core
-      delayed frames by milliseconds, and the network's busy-waiting delayed the
-      latency-critical server (default scenario, 6 h cut: drive-assist p99 of
-      Fukuoka users 15.5-16.3 ms shared, 11.5-11.6 ms partitioned);
-    * the network alone: one switch pass 7.7 us instead of 49 us, and 21 of 36
-      japan pairs within 30 us median error instead of 13 (with a sleeping PMD
-      thread, partitioning alone had made it worse: the engine and the PMD thread
-      waited for each other).
+    * the PMD thread must not share its core with the engine: every frame it handed
+      to the engine woke the engine, which preempted it, and frames then waited at
+      both ends of a route (japan, 5-span pair: p90 error +285 us with the engine on
+      the PMD's core, -15 us beside it on the other core);
+    * nor with workloads: a CNN inference or a container start on the network's
+      core delayed frames by milliseconds (default scenario, 6 h cut: drive-assist
+      p99 of Fukuoka users 15.5-16.3 ms shared, 11.5-11.6 ms partitioned).
 
     With one CPU there is nothing to partition.
 
@@ -178,12 +178,16 @@ class TwinSession:
     def start(self) -> None:
         t0 = time.monotonic()
         self.record = RunRecord.create()
+        if self.workload_cpus:
+            self.record.workload_cpus = sorted(self.workload_cpus)
+            self.record.save()
         log.info("run %s: records in %s", self.record.run_id, self.record.directory)
         portmap_path = self.record.directory / "portmap.json"
         network = ApnNetwork(self.topology, self.record, controller_port=0, backend=self.backend,
                              port_type=self.port_type, engine_rt_priority=self.engine_rt_priority,
                              engine_spin_us=self.engine_spin_us, pmd_maxsleep_us=self.pmd_maxsleep_us,
-                             datapath_cpu=self.datapath_cpu, transit_carry=self.transit_carry)
+                             datapath_cpu=self.datapath_cpu, engine_cpus=self.workload_cpus,
+                             transit_carry=self.transit_carry)
         network.port_map.save(portmap_path)
         self.controller = ControllerProcess(self.topology_path, portmap_path=portmap_path,
                                             workdir=self.record.directory, api_port=self.api_port,

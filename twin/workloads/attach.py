@@ -91,15 +91,8 @@ def attach(run_id: str | None = None, root: Path = RECORD_ROOT) -> AttachedSessi
 
 
 def workload_cpus_of(record: RunRecord) -> set[int] | None:
-    """The CPUs a live run leaves to workloads: all but its network's own CPU when it has
-    one (its delay engine is pinned to it, see ``TwinSession.cpu_plan``), else None."""
-    allowed = os.sched_getaffinity(0)
-    for proc in record.processes:
-        if proc.what == "delay engine":
-            try:
-                engine_cpus = os.sched_getaffinity(proc.pid)
-            except OSError:
-                return None
-            rest = allowed - engine_cpus
-            return rest if len(engine_cpus) == 1 and rest else None
-    return None
+    """The CPUs a live run leaves to workloads (its CPU plan, in its record), limited to
+    the CPUs this process may use; None when the run shares every CPU."""
+    if not record.workload_cpus:
+        return None
+    return (set(record.workload_cpus) & os.sched_getaffinity(0)) or None
