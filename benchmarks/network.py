@@ -539,6 +539,9 @@ def main() -> int:
     parser.add_argument("--no-cpu-partition", action="store_true",
                         help="let the engine and OVS's PMD thread share every CPU (default: a CPU of their own, "
                              "TwinSession.cpu_plan)")
+    parser.add_argument("--cpu-layout", choices=("network", "workloads"), default="network",
+                        help="with a CPU partition: OVS's PMD thread alone on its core (network, the default) or "
+                             "with the delay engine (workloads, what twin run uses); see session.CPU_LAYOUTS")
     parser.add_argument("--pmd-maxsleep-us", type=int, default=None,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
                              f"pmd-maxsleep, for the run; default 0 on a CPU of its own, else {PMD_MAXSLEEP_US})")
@@ -569,10 +572,11 @@ def main() -> int:
         POISSON.clear()
     session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority,
                           engine_spin_us=args.engine_spin_us, pmd_maxsleep_us=args.pmd_maxsleep_us,
-                          calibrate=not args.no_calibrate, cpu_partition=not args.no_cpu_partition,
+                          calibrate=not args.no_calibrate,
+                          cpu_layout="shared" if args.no_cpu_partition else args.cpu_layout,
                           transit_carry=not args.no_transit_carry)
     doc["settings"].update({"calibrate": not args.no_calibrate, "transit_carry": not args.no_transit_carry,
-                            "cpu_partition": not args.no_cpu_partition,
+                            "cpu_layout": session.cpu_layout,
                             "probe_spacing": "periodic" if args.periodic
                             else "poisson", "port_type": args.port_type, "pmd_maxsleep_us": session.pmd_maxsleep_us,
                             "engine_rt_priority": args.engine_rt_priority, "engine_spin_us": args.engine_spin_us})

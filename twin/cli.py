@@ -104,7 +104,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if scenario_topology.name != load_topology(args.topology).name:
             raise TwinError(f"{args.scenario}: its topology is {scenario_topology.name!r}, not "
                             f"{args.topology}; pass the scenario's topology or another scenario")
-    tuning = {"calibrate": not args.no_calibrate, "cpu_partition": not args.no_cpu_partition}
+    tuning = {"calibrate": not args.no_calibrate, "cpu_layout": "shared" if args.no_cpu_partition else "network"}
     if args.pmd_maxsleep_us is not None:
         tuning["pmd_maxsleep_us"] = args.pmd_maxsleep_us
     with TwinSession(args.topology, backend=args.link_backend, api_port=args.api_port, **tuning) as session:
@@ -158,7 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_emulated(args.scenario, out, strategy=args.strategy, link_backend=args.link_backend,
                                time_compression=args.time_compression, progress=not args.quiet,
                                overwrite=args.force, build_report=not args.no_report,
-                               calibrate=not args.no_calibrate, cpu_partition=not args.no_cpu_partition)
+                               calibrate=not args.no_calibrate,
+                               cpu_layout="shared" if args.no_cpu_partition else "workloads")
     print(format_run_summary(summary, out))
     return 0
 
@@ -260,8 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibrate", action="store_true",
                    help="keep the emulator's own per-span transit time (15-180 us per span here) in the delays")
     p.add_argument("--no-cpu-partition", action="store_true",
-                   help="let the emulated network share every CPU with the shell's workloads (default: the "
-                        "network gets a CPU of its own, polled by OVS; less accurate, leaves more CPU free)")
+                   help="let the emulated network share every CPU (default: OVS's PMD thread polls a CPU of "
+                        "its own; less accurate, leaves that CPU free)")
     p.add_argument("--count", type=int, default=500, help="probes per pair with --check (default 500)")
     p.add_argument("--rate", type=float, default=500.0, help="probes per second with --check (default 500)")
     # 300 us: the OVS userspace datapath's own noise on a 2-core machine (README, "Measured");
@@ -285,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-calibrate", action="store_true",
                    help="keep the emulator's own per-span transit time in the delays (see twin up)")
     p.add_argument("--no-cpu-partition", action="store_true",
-                   help="let the emulated network share every CPU with the workloads (see twin up)")
+                   help="let the emulated network share every CPU with the workloads (default: the delay "
+                        "engine and OVS's PMD thread get a CPU of their own, the workloads the others)")
     _add_experiment_options(p)
     p.set_defaults(func=cmd_run)
 

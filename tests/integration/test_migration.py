@@ -26,7 +26,7 @@ TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "fukuoka-osaka.y
 @pytest.fixture(scope="module")
 def twin():
     # Partitioned CPUs, as 'twin run' has them: the network on one, the workloads on the others.
-    with TwinSession(TOPOLOGY, cpu_partition=True) as session:
+    with TwinSession(TOPOLOGY, cpu_layout="workloads") as session:
         session.client.create_lightpath("fuk", "osa")
         with ContainerRuntime(session.record.run_id, record=session.record) as containers:
             yield session, containers, PodmanLauncher(containers, workload_image(), cpus=session.workload_cpus)
@@ -63,8 +63,8 @@ def test_the_network_and_the_workloads_have_cpus_of_their_own(twin, tmp_path):
     if len(cpus) < 2:
         pytest.skip("one CPU: nothing to partition")
     assert session.datapath_cpu == max(cpus) and session.workload_cpus == cpus - {max(cpus)}
-    # The engine stays off the PMD thread's CPU (cpu_plan says why).
-    assert os.sched_getaffinity(session.network.engine.pid) == session.workload_cpus
+    # With workloads the engine shares the PMD thread's CPU, not the workloads' (CPU_LAYOUTS says why).
+    assert os.sched_getaffinity(session.network.engine.pid) == {session.datapath_cpu}
     # ...and 'twin shift' against this run finds the plan in its record.
     from twin.emulation.records import RunRecord
     from twin.workloads.attach import workload_cpus_of

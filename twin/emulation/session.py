@@ -40,22 +40,25 @@ CALIBRATION_RATE = 1000.0
 MAX_ADVANCE_US = 300.0
 
 
+# How TwinSession lays the emulator and the workloads out on the CPUs. Measured on this
+# 2-core machine (benchmarks/README.md, fourth pass):
+# - "network" (twin up, the benchmarks): OVS's PMD thread alone on the highest CPU, polling
+#   it without sleeping (as OVS-DPDK's PMDs do on their cores); the delay engine (SCHED_FIFO,
+#   asleep between departures), the hosts' processes and any workloads on the others.
+#   Sharing its core with the engine, the PMD thread was preempted for every frame it handed
+#   over, and frames waited at both ends of a route (japan: p99 error 130-574 us per pair,
+#   5 of 36 within 150 us; beside each other: 30 of 36, pooled p99 76 us).
+# - "workloads" (twin run): the engine and a PMD thread that sleeps up to 50 us when idle
+#   share the highest CPU; service containers and load generators get the others. The
+#   engine beside the workloads made drive-assist's p99 outside migrations 27 ms instead
+#   of 10-12 and pushed farm-images past its budget (6 h cut).
+# - "shared": nothing pinned; the PMD thread sleeps up to 50 us.
+CPU_LAYOUTS = ("network", "workloads", "shared")
+
+
 def cpu_plan(available: set[int]) -> tuple[int | None, set[int] | None]:
-    """(datapath CPU, workload CPUs) for the CPUs this process may use.
-
-    OVS's PMD thread gets the highest CPU to itself and polls it without sleeping
-    (``PMD_MAXSLEEP_DEDICATED_US``, as OVS-DPDK's PMDs do on their cores); the delay
-    engine (SCHED_FIFO, asleep between departures), the service containers and the
-    load generators share the rest. Why, measured on this 2-core machine
-    (benchmarks/README.md, fourth pass):
-
-    * the PMD thread must not share its core with the engine: every frame it handed
-      to the engine woke the engine, which preempted it, and frames then waited at
-      both ends of a route (japan, 5-span pair: p90 error +285 us with the engine on
-      the PMD's core, -15 us beside it on the other core);
-    * nor with workloads: a CNN inference or a container start on the network's
-      core delayed frames by milliseconds (default scenario, 6 h cut: drive-assist
-      p99 of Fukuoka users 15.5-16.3 ms shared, 11.5-11.6 ms partitioned).
+    """(datapath CPU, the other CPUs) for the CPUs this process may use: OVS's PMD thread
+    gets the highest CPU (see ``CPU_LAYOUTS`` for who else shares which).
 
     With one CPU there is nothing to partition.
 
@@ -141,7 +144,7 @@ class TwinSession:
     #                                                  None: 0 with a CPU of its own, else PMD_MAXSLEEP_US
     calibrate: bool = True                           # take the emulator's transit time out of span delays
     transit_carry: bool = True                       # transit frames keep their intended time (delay_engine)
-    cpu_partition: bool = True                       # datapath on one CPU, workloads on the others (cpu_plan)
+    cpu_layout: str = "network"                      # which CPUs the datapath and workloads get (CPU_LAYOUTS)
     record: RunRecord = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
 
@@ -151,10 +154,17 @@ class TwinSession:
         self.controller: ControllerProcess | None = None
         self.network: ApnNetwork | None = None
         self.calibration: dict | None = None
-        self.datapath_cpu, self.workload_cpus = cpu_plan(os.sched_getaffinity(0)) if self.cpu_partition \
-            else (None, None)
+        if self.cpu_layout not in CPU_LAYOUTS:
+            raise TwinError(f"cpu layout {self.cpu_layout!r} unknown; fix: one of {', '.join(CPU_LAYOUTS)}")
+        self.datapath_cpu, self.workload_cpus = cpu_plan(os.sched_getaffinity(0)) \
+            if self.cpu_layout != "shared" else (None, None)
+        # "network": the engine beside the workloads, off the polled PMD core; "workloads":
+        # the engine on the PMD's core, which then sleeps when idle (see CPU_LAYOUTS).
+        self.engine_cpus = self.workload_cpus if self.cpu_layout == "network" else \
+            ({self.datapath_cpu} if self.datapath_cpu is not None else None)
         if self.pmd_maxsleep_us is None:
-            self.pmd_maxsleep_us = PMD_MAXSLEEP_DEDICATED_US if self.datapath_cpu is not None else PMD_MAXSLEEP_US
+            self.pmd_maxsleep_us = PMD_MAXSLEEP_DEDICATED_US \
+                if self.datapath_cpu is not None and self.cpu_layout == "network" else PMD_MAXSLEEP_US
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "TwinSession":
@@ -186,7 +196,7 @@ class TwinSession:
         network = ApnNetwork(self.topology, self.record, controller_port=0, backend=self.backend,
                              port_type=self.port_type, engine_rt_priority=self.engine_rt_priority,
                              engine_spin_us=self.engine_spin_us, pmd_maxsleep_us=self.pmd_maxsleep_us,
-                             datapath_cpu=self.datapath_cpu, engine_cpus=self.workload_cpus,
+                             datapath_cpu=self.datapath_cpu, engine_cpus=self.engine_cpus,
                              transit_carry=self.transit_carry)
         network.port_map.save(portmap_path)
         self.controller = ControllerProcess(self.topology_path, portmap_path=portmap_path,
@@ -401,7 +411,8 @@ class TwinSession:
                 "link_backend": self.network.link_backend if self.network else None,
                 "ovs_port_type": self.network.ovs_port_type if self.network else None,
                 "calibration": self.calibration,
-                "cpus": {"datapath": self.datapath_cpu,
+                "cpus": {"layout": self.cpu_layout, "pmd": self.datapath_cpu,
+                         "engine": sorted(self.engine_cpus) if self.engine_cpus else None,
                          "workloads": sorted(self.workload_cpus) if self.workload_cpus else None},
                 "timings_s": {**self.network.timings, **self.timings} if self.network else self.timings}
 

@@ -61,7 +61,7 @@ LOAD_TIMEOUT_S = 5.0
 def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: str = "make-before-break",
                  link_backend: str = "auto", time_compression: float | None = None, progress: bool = True,
                  overwrite: bool = False, build_report: bool = True, attach_to: str | None = None,
-                 attach: bool = False, calibrate: bool = True, cpu_partition: bool = True) -> dict:
+                 attach: bool = False, calibrate: bool = True, cpu_layout: str = "workloads") -> dict:
     """Run the scenario on the emulated twin and write the run directory; returns summary.json's content.
 
     With ``attach`` (``twin shift``) the network is the one a running ``twin up``
@@ -105,7 +105,7 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
                                events, placements, info, writer.path, progress)
         else:
             with TwinSession(topology_path, backend=link_backend, calibrate=calibrate,
-                             cpu_partition=cpu_partition) as session:
+                             cpu_layout=cpu_layout) as session:
                 # Lightpaths are set up on demand (where services and their users are) and
                 # released when no longer needed: the whole mesh does not fit the wavelengths.
                 info["lightpaths"] = []
