@@ -47,7 +47,7 @@ MAX_ADVANCE_US = 300.0
 #   asleep between departures), the hosts' processes and any workloads on the others.
 #   Sharing its core with the engine, the PMD thread was preempted for every frame it handed
 #   over, and frames waited at both ends of a route (japan: p99 error 130-574 us per pair,
-#   5 of 36 within 150 us; beside each other: 30 of 36, pooled p99 76 us).
+#   5 of 36 within 150 us; on separate cores: 30 of 36, pooled p99 76 us).
 # - "workloads" (twin run): the engine and a PMD thread that sleeps up to 50 us when idle
 #   share the highest CPU; service containers and load generators get the others. The
 #   engine beside the workloads made drive-assist's p99 outside migrations 27 ms instead
