@@ -78,7 +78,7 @@ sys.path.insert(0, str(ROOT))
 from tqdm import tqdm
 
 from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, in_host
-from twin.emulation.probe import ProbeSummary, percentile
+from twin.emulation.probe import ProbeSummary, percentile, wait_reflector_ready
 from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
 from twin.emulation.session import TwinSession, switch_passes
 from twin.errors import TwinError
@@ -196,11 +196,9 @@ def probe_samples(session: TwinSession, procs: Procs, src: str, dst: str, *, cou
     dst_ip = compute_ip(session, dst)
     reflector = procs.spawn(in_host(compute_pid(session, dst), [PY, "-m", "twin.emulation.probe", "reflect",
                                                                 "--bind", dst_ip, "--port", str(PROBE_PORT)]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(0.3)
-        if reflector.poll() is not None:
-            raise TwinError(f"reflector at {dst} failed: {reflector.stderr.read().decode()[-500:]}")
+        wait_reflector_ready(reflector, f"at {dst}")
         proc = subprocess.run(in_host(users_pid(session, src), [PY, "-m", "twin.emulation.probe", "send", "--dst",
                                                                 dst_ip, "--port", str(PROBE_PORT), "--rate",
                                                                 str(rate), "--count", str(count), "--json",
@@ -373,7 +371,8 @@ def part_setup(session, procs, made, cycles, interval_us=500.0, timeout_s=10.0) 
     dst_ip = compute_ip(session, dst)
     reflector = procs.spawn(in_host(compute_pid(session, dst), [PY, "-m", "twin.emulation.probe", "reflect",
                                                                 "--bind", dst_ip, "--port", str(SETUP_PORT)]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_reflector_ready(reflector, f"at {dst}")
     sender = procs.spawn(in_host(users_pid(session, src), [PY, "-c", SETUP_SENDER, dst_ip, str(SETUP_PORT),
                                                            str(int(interval_us * 1e3)), str(timeout_s)]),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -10,13 +10,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from twin.emulation.delay_engine import DelayEngineProcess, LinkSpec
-from twin.emulation.probe import ProbeSummary
+from twin.emulation.probe import ProbeSummary, wait_reflector_ready
 from twin.emulation.records import stop_child
 
 pytestmark = pytest.mark.root
@@ -80,9 +79,9 @@ def two_hosts():
 def reflector(two_hosts):
     proc = subprocess.Popen(_ns_exec(NS_B, sys.executable, "-m", "twin.emulation.probe", "reflect",
                                      "--bind", "10.251.0.2", "--port", str(PORT)),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(0.5)
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
+        wait_reflector_ready(proc, f"in {NS_B}")
         yield proc
     finally:
         stop_child(proc)

@@ -17,6 +17,7 @@ import pytest
 
 from twin.emulation import faults, records
 from twin.emulation.network import in_host
+from twin.emulation.probe import wait_reflector_ready
 from twin.emulation.session import PROBE_PORT, TwinSession
 from twin.emulation.vip import add_vip
 from twin.model import addressing as ad
@@ -135,9 +136,9 @@ def test_cut_span_restores_the_lightpath(lab):
     reflector = subprocess.Popen(in_host(net.host_pid(ad.host_name(OLD, ad.COMPUTE)),
                                          [sys.executable, "-m", "twin.emulation.probe", "reflect", "--bind", dst_ip,
                                           "--port", str(PROBE_PORT)]),
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        time.sleep(0.3)
+        wait_reflector_ready(reflector, f"at {OLD}")
         sender = subprocess.Popen(in_host(net.host_pid(ad.host_name(CLIENT, ad.USERS)),
                                           [sys.executable, "-m", "twin.emulation.probe", "send", "--dst", dst_ip,
                                            "--port", str(PROBE_PORT), "--rate", str(rate), "--count", str(count),

@@ -93,6 +93,7 @@ SOCK_EXTENDED_ERR = struct.Struct("IBBBBII")  # errno, origin, type, code, pad, 
 TX_TS_MAX_AFTER_NS = 5_000_000  # a kernel transmit stamp later than this after the userspace one is not ours
 PR_SET_TIMERSLACK = 29
 SPIN_NS = 150_000  # busy-wait the last 150 us before each send (select wakes late otherwise)
+REFLECTOR_READY_TIMEOUT_S = 10.0  # Python's start-up alone can take seconds on a busy machine
 
 
 class ProbeError(TwinError):
@@ -374,12 +375,16 @@ class TxStamps:
                 self._stamps[self._tags.pop(number)] = stamp
 
     def take(self, tag, userspace_ns: int) -> int:
-        """The kernel stamp of ``tag``'s datagram if it is plausible (not before the
-        userspace stamp, at most ``TX_TS_MAX_AFTER_NS`` after it), else ``userspace_ns``."""
-        stamp = self._stamps.pop(tag, None)
-        if stamp is None or not userspace_ns <= stamp <= userspace_ns + TX_TS_MAX_AFTER_NS:
-            return userspace_ns
-        return stamp
+        """The kernel stamp of ``tag``'s datagram if it is plausible, else ``userspace_ns``."""
+        return plausible_stamp(self._stamps.pop(tag, None), userspace_ns)
+
+
+def plausible_stamp(kernel_ns: int | None, userspace_ns: int) -> int:
+    """``kernel_ns`` if it can be the kernel's stamp of the datagram stamped ``userspace_ns``
+    in userspace (not before it, at most ``TX_TS_MAX_AFTER_NS`` after it), else ``userspace_ns``."""
+    if kernel_ns is None or not userspace_ns <= kernel_ns <= userspace_ns + TX_TS_MAX_AFTER_NS:
+        return userspace_ns
+    return kernel_ns
 
 
 _TS = struct.Struct("qq")
@@ -434,6 +439,25 @@ def reflect(bind: str, port: int, *, max_packets: int | None = None,
         sock.sendto(buf, addr)
         stamps.sent((addr, seq))
         last_reply[addr] = (seq, t3)
+
+
+def wait_reflector_ready(proc, where: str, timeout_s: float = REFLECTOR_READY_TIMEOUT_S) -> None:
+    """Wait until a reflector started as ``python -m twin.emulation.probe reflect`` with
+    ``stdout=PIPE`` says it is bound: a probe sent earlier is refused and lost.
+
+    Raises:
+        ProbeError: it exited or said nothing in time (it is killed; the message carries
+            its stderr when that was piped).
+    """
+    ready, _, _ = select.select([proc.stdout], [], [], timeout_s)
+    line = proc.stdout.readline() if ready else ""
+    if (line.decode() if isinstance(line, bytes) else line).strip() == "ready":
+        return
+    proc.kill()
+    proc.wait()
+    err = proc.stderr.read() if proc.stderr is not None else ""
+    err = (err.decode(errors="replace") if isinstance(err, bytes) else err)[-500:]
+    raise ProbeError(f"probe reflector {where} did not start within {timeout_s:g} s: {err or '(no stderr)'}")
 
 
 def send_offsets_ns(rate_pps: float, count: int, *, poisson: bool = False, seed: int = 1) -> list[int]:
@@ -549,9 +573,7 @@ def with_kernel_stamps(sample: Sample, stamps: TxStamps, follow_ups: dict[int, i
     """``sample`` with t1 and t3 replaced by the kernel's transmit stamps where they are known
     and plausible (within ``TX_TS_MAX_AFTER_NS`` after the userspace ones)."""
     t1 = stamps.take(sample.seq, sample.t1)
-    t3 = follow_ups.get(sample.seq, sample.t3)
-    if not sample.t3 <= t3 <= sample.t3 + TX_TS_MAX_AFTER_NS:
-        t3 = sample.t3
+    t3 = plausible_stamp(follow_ups.get(sample.seq), sample.t3)
     if t1 == sample.t1 and t3 == sample.t3:
         return sample
     return dataclasses.replace(sample, t1=t1, t3=t3)

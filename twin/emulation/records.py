@@ -71,8 +71,8 @@ class RunRecord:
     path: Path | None = None
 
     @classmethod
-    def create(cls) -> "RunRecord":
-        record = cls(run_id=time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6])
+    def create(cls, *, workload_cpus: list[int] | None = None) -> "RunRecord":
+        record = cls(run_id=time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6], workload_cpus=workload_cpus)
         record.path = RECORD_ROOT / record.run_id / "record.json"
         record.path.parent.mkdir(parents=True, exist_ok=True)
         record.save()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 from twin.emulation.controller import ControllerProcess
 from twin.emulation.network import (ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_DEDICATED_US, PMD_MAXSLEEP_US,
                                     ApnNetwork, in_host, userspace_datapath)
-from twin.emulation.probe import ProbeSummary
+from twin.emulation.probe import ProbeSummary, wait_reflector_ready
 from twin.emulation.records import RunRecord, clean_record
 from twin.errors import TwinError
 from twin.model import addressing as ad
@@ -31,7 +30,6 @@ from twin.model.validate import load_topology
 
 log = logging.getLogger(__name__)
 
-REFLECTOR_READY_TIMEOUT_S = 10.0
 PROBE_PORT = 8620
 # Transit calibration: probes per span, their rate, and the largest hold the engine may
 # take off a span direction (a measurement spoiled by a hiccup must not erase a delay).
@@ -187,10 +185,7 @@ class TwinSession:
 
     def start(self) -> None:
         t0 = time.monotonic()
-        self.record = RunRecord.create()
-        if self.workload_cpus:
-            self.record.workload_cpus = sorted(self.workload_cpus)
-            self.record.save()
+        self.record = RunRecord.create(workload_cpus=sorted(self.workload_cpus) if self.workload_cpus else None)
         log.info("run %s: records in %s", self.record.run_id, self.record.directory)
         portmap_path = self.record.directory / "portmap.json"
         network = ApnNetwork(self.topology, self.record, controller_port=0, backend=self.backend,
@@ -327,16 +322,8 @@ class TwinSession:
                     in_host(pid, [sys.executable, "-m", "twin.emulation.probe", "reflect", "--bind",
                                   net.host_ip(site, ad.COMPUTE, plane_no), "--port", str(PROBE_PORT)]),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            # Wait until each is bound ("ready"): a probe sent earlier is refused, and on a busy
-            # machine Python's start-up alone can take longer than any fixed pause.
             for site, proc in procs.items():
-                ready, _, _ = select.select([proc.stdout], [], [], REFLECTOR_READY_TIMEOUT_S)
-                line = proc.stdout.readline() if ready else b""
-                if line.strip() != b"ready":
-                    proc.kill()
-                    proc.wait()
-                    raise TwinError(f"probe reflector at {site} did not start within "
-                                    f"{REFLECTOR_READY_TIMEOUT_S:.0f} s: {proc.stderr.read().decode()[-500:]}")
+                wait_reflector_ready(proc, f"at {site}")
             yield
         finally:
             for proc in procs.values():
