@@ -136,5 +136,9 @@ def test_packet_network_shows_more_delay_and_jitter_than_the_lightpath(session):
         session.client.delete_lightpath(lp["id"])
     _, model_packet_ms = session.packet_path("a", "b")
     assert packet.forward_us.median > apn.forward_us.median + 100  # router delay + queueing (>= 150 us)
-    assert packet.forward_us.stdev > apn.forward_us.stdev
+    # Per-packet variation (RFC 3550 jitter), not the standard deviation: one probe the host
+    # held for milliseconds (this 2-core machine does that a few times per thousand) made the
+    # lightpath's sd larger than the packet network's in one CI run (373 vs 308 us, while
+    # their RFC 3550 jitter was 9 vs 390 us).
+    assert packet.forward_us.rfc3550_jitter > apn.forward_us.rfc3550_jitter
     assert packet.forward_us.median / 1e3 > model_packet_ms
