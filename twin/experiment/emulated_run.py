@@ -265,14 +265,17 @@ class LiveSlo:
     def update(self) -> dict[str, str]:
         for (service, _region), path in self.fleet.files().items():
             try:
-                with path.open() as fh:
+                # Bytes, not text: the CSV ends rows with \r\n, which text mode would turn
+                # into \n, and the offset would fall a byte short per row (mid-row reads
+                # then showed as failed requests).
+                with path.open("rb") as fh:
                     fh.seek(self.offsets.get(path, 0))
                     chunk = fh.read()
             except OSError:
                 continue
-            complete = chunk[:chunk.rfind("\n") + 1]
-            self.offsets[path] = self.offsets.get(path, 0) + len(complete.encode())
-            for line in complete.splitlines():
+            complete = chunk[:chunk.rfind(b"\n") + 1]
+            self.offsets[path] = self.offsets.get(path, 0) + len(complete)
+            for line in complete.decode("utf-8", "replace").splitlines():
                 fields = line.split(",")
                 if len(fields) < 7 or fields[0] == "send_unix":
                     continue
