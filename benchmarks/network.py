@@ -84,6 +84,7 @@ from twin.emulation.session import TwinSession, switch_passes
 from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.tables import format_table
+from benchmarks import host_noise  # noqa: E402
 
 PY = sys.executable
 PROBE_PORT = 8630      # not session.PROBE_PORT, so a reflector of ours never meets one of the session's
@@ -463,6 +464,12 @@ def print_report(doc: dict) -> None:
           f"{left['our_links_left'] or 'none'}) -> "
           f"{'clean' if left['clean'] else 'NOT CLEAN'}")
 
+    noise = doc.get("host_noise")
+    if noise:
+        print("\nhost noise before bring-up (benchmarks/host_noise.py, a SCHED_FIFO spinner per CPU): " + "; ".join(
+            f"CPU {cpu}: {r['per_s_over_100us']:g}/s over 100 us, {r['per_s_over_1ms']:g}/s over 1 ms, "
+            f"max {r['max_us']:,.0f} us" for cpu, r in noise["cpus"].items() if r["max_us"] is not None))
+
     a = doc["accuracy"]
     cal = doc.get("calibration")
     how = (f"spans calibrated (per-span advance {min(r['advance_ab_us'] for r in cal['spans'] if 'advance_ab_us' in r):.0f}"
@@ -544,6 +551,9 @@ def main() -> int:
     parser.add_argument("--pmd-maxsleep-us", type=int, default=None,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
                              f"pmd-maxsleep, for the run; default 0 on a CPU of its own, else {PMD_MAXSLEEP_US})")
+    parser.add_argument("--noise-seconds", type=float, default=3.0,
+                        help="first measure the host's own stalls per CPU this long (benchmarks/host_noise.py; "
+                             "0: skip; default %(default)s)")
     args = parser.parse_args()
     count = args.count or (500 if args.quick else 2000)
     pairs_limit = args.pairs or (6 if args.quick else None)
@@ -567,6 +577,10 @@ def main() -> int:
         "settings": {"topology": args.topology, "quick": args.quick, "count": count, "rate_pps": args.rate,
                      "pairs_limit": pairs_limit, "cycles": cycles, "rates_mbps": rates, "iperf_seconds": iperf_s},
         "targets": TARGETS}
+    if args.noise_seconds > 0:
+        # The noise floor no emulator escapes: stalls the kernel and the hypervisor put on a
+        # real-time task. Measured before anything of the twin runs.
+        doc["host_noise"] = host_noise.measure(sorted(os.sched_getaffinity(0)), args.noise_seconds, 20.0)
     if args.periodic:
         POISSON.clear()
     session = TwinSession(args.topology, port_type=args.port_type, engine_rt_priority=args.engine_rt_priority,
