@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks import host_noise  # noqa: E402
@@ -25,8 +27,6 @@ def test_a_short_watch_reports_every_cpu_with_consistent_counts():
 
 
 def test_bad_arguments_exit_with_one_line(capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as exc:
         host_noise.main(["--cpus", "x,y"])
     assert exc.value.code == 2

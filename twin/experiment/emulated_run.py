@@ -47,6 +47,7 @@ from twin.model.schema import Scenario, Topology
 from twin.model.simulate import simulate
 from twin.model.validate import load_scenario
 from twin.shifter.daemon import ScenarioClock, ShiftingDaemon
+from twin.workloads.stats import CSV_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,9 @@ async def _drive(scenario, topology, signals, model, runtime, fleet, compression
     return base
 
 
+_LATENCY, _OUTCOME = CSV_FIELDS.index("latency_ms"), CSV_FIELDS.index("outcome")
+
+
 class LiveSlo:
     """SLO state for the progress bar: each service's latency at its SLO percentile over the
     last ``window`` requests, read incrementally from the load generators' files."""
@@ -277,10 +281,10 @@ class LiveSlo:
             self.offsets[path] = self.offsets.get(path, 0) + len(complete)
             for line in complete.decode("utf-8", "replace").splitlines():
                 fields = line.split(",")
-                if len(fields) < 7 or fields[0] == "send_unix":
+                if len(fields) < len(CSV_FIELDS) or fields[0] == CSV_FIELDS[0]:
                     continue
-                latency = float(fields[4]) if fields[6] == "ok" and fields[4] else None
-                self.recent[service].append(latency)
+                latency = fields[_LATENCY]
+                self.recent[service].append(float(latency) if fields[_OUTCOME] == "ok" and latency else None)
             del self.recent[service][:-self.window]
         state = {}
         for sid, values in self.recent.items():
