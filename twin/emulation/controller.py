@@ -25,6 +25,7 @@ from pathlib import Path
 from threading import Thread
 
 from twin.errors import TwinError
+from twin.timeouts import scaled
 
 LOG = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -48,8 +49,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class ControllerClient:
     """Synchronous JSON client of the controller API (one keep-alive connection, not thread-safe)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 8181, *, timeout: float = 30.0):
-        self.host, self.port, self.timeout = host, port, timeout
+    def __init__(self, host: str = "127.0.0.1", port: int = 8181, *, timeout: float | None = None):
+        self.host, self.port = host, port
+        self.timeout = scaled(30.0) if timeout is None else timeout
         self._conn: http.client.HTTPConnection | None = None
 
     def close(self) -> None:
@@ -135,12 +137,13 @@ class ControllerClient:
     def repair_span(self, a: str, b: str) -> dict:
         return self.request("POST", f"/spans/{a}/{b}/repair", {})  # type: ignore[return-value]
 
-    def wait_switches(self, count: int, timeout: float = 30.0) -> dict:
+    def wait_switches(self, count: int, timeout: float | None = None) -> dict:
         """Poll /health until ``count`` switches are connected.
 
         Raises:
             ControllerError: not reached within ``timeout`` seconds (says which are missing).
         """
+        timeout = scaled(30.0) if timeout is None else timeout
         deadline = time.monotonic() + timeout
         health: dict = {}
         while True:
@@ -168,7 +171,7 @@ class ControllerProcess:
     def __init__(self, topology_path: str | Path, *, portmap_path: str | Path | None = None,
                  ofp_port: int | None = None, api_host: str = "127.0.0.1", api_port: int | None = None,
                  workdir: str | Path | None = None, python: str = sys.executable,
-                 start_timeout: float = 20.0, stop_timeout: float = 5.0, log_level: str = "INFO",
+                 start_timeout: float | None = None, stop_timeout: float = 5.0, log_level: str = "INFO",
                  purge_datapath_flows: bool = False):
         self.topology_path = str(Path(topology_path).resolve())
         self.portmap_path = str(Path(portmap_path).resolve()) if portmap_path else None
@@ -178,7 +181,8 @@ class ControllerProcess:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="twin-controller-"))
         self.python = python
-        self.start_timeout, self.stop_timeout = start_timeout, stop_timeout
+        self.start_timeout = scaled(20.0) if start_timeout is None else start_timeout
+        self.stop_timeout = stop_timeout
         self.log_level = log_level
         self.purge_datapath_flows = purge_datapath_flows  # see controllers.apn_controller.ControllerConfig
         self.process: subprocess.Popen | None = None

@@ -27,6 +27,7 @@ from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.model.optics import OpticalNetwork
 from twin.model.validate import load_topology
+from twin.timeouts import scaled
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class TwinSession:
         self.network = network
         network.start()
         t1 = time.monotonic()
-        self.client.wait_switches(len(self.topology.sites), timeout=60)
+        self.client.wait_switches(len(self.topology.sites), timeout=scaled(60))
         self.timings["switches_connected_s"] = time.monotonic() - t0
         self.timings["connect_wait_s"] = time.monotonic() - t1
         self.timings["up_s"] = time.monotonic() - t0
@@ -341,7 +342,7 @@ class TwinSession:
                                                    dst_ip, "--port", str(PROBE_PORT), "--rate", str(rate),
                                                    "--count", str(count), "--size", str(size), "--json",
                                                    *(["--poisson"] if poisson else [])]),
-                              capture_output=True, text=True, timeout=count / rate + 30)
+                              capture_output=True, text=True, timeout=count / rate + scaled(30))
         if proc.returncode != 0:
             raise TwinError(f"probe {src}->{dst} failed: {proc.stderr.strip()[-500:]}")
         return ProbeSummary.from_json(proc.stdout)
