@@ -65,6 +65,16 @@ def test_runtime_refuses_names_of_other_runs() -> None:
         rt._known("web")
 
 
+def test_runtime_without_podman_says_how_to_fix_and_leaves_cleanly(tmp_path: Path) -> None:
+    # A host without podman (a VM made for the network only) gets one line, not a traceback
+    # from the clean-up on the way out.
+    rt = c.ContainerRuntime("run-a", podman=str(tmp_path / "no-podman"))
+    with pytest.raises(c.ContainerError, match="not found.*install.sh.*--no-migration-check"):
+        with rt:
+            pass
+    assert rt.cleanup_run() == []
+
+
 # --------------------------------------------------------------------------- create arguments
 
 

@@ -624,6 +624,8 @@ class ContainerRuntime:
 
     def cleanup_run(self) -> list[str]:
         """Remove every container labelled ``twin-run=<run id>``; returns their names."""
+        if shutil.which(self.podman) is None:
+            return []  # no podman: no container can have been made (and __enter__ said so)
         removed = remove_run_containers(self.run_id, podman=self.podman)
         self.containers.clear()
         return removed
@@ -667,6 +669,10 @@ class ContainerRuntime:
 
     # -- context manager
     def __enter__(self) -> "ContainerRuntime":
+        if shutil.which(self.podman) is None:
+            raise ContainerError(f"containers: {self.podman} not found, so no workload can run here; fix: "
+                                 f"sudo scripts/install.sh (or leave the workloads out, e.g. twin up --check "
+                                 f"--no-migration-check)")
         return self
 
     def __exit__(self, *exc) -> None:
