@@ -44,7 +44,8 @@ from pathlib import Path
 
 from twin.emulation import link_backends
 from twin.emulation.delay_engine import ChannelSpec, DelayEngineProcess, LinkSpec
-from twin.emulation.records import OVS_TAG, RunRecord, ovs_global, release_ovs_globals, set_ovs_global
+from twin.emulation.records import (OVS_TAG, RunRecord, destroy_qos_args, ovs_global, release_ovs_globals,
+                                    set_ovs_global, tagged_qos)
 from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.model.optics import OpticalNetwork
@@ -241,6 +242,9 @@ class ApnNetwork:
                 net.addLink(link.a, DELAY_HOST, port1=num_a, intfName1=link.port_a, intfName2=end_a)
                 net.addLink(link.b, DELAY_HOST, port1=num_b, intfName1=link.port_b, intfName2=end_b)
             else:
+                # Both ends stay in the root namespace, where no host's end takes them away:
+                # recorded first, so teardown and 'twin clean' delete them.
+                self.record.add_interface(link.port_a)
                 net.addLink(link.a, link.b, port1=num_a, port2=num_b, intfName1=link.port_a,
                             intfName2=link.port_b)
         self.timings["build_s"] = time.monotonic() - t0
@@ -249,8 +253,6 @@ class ApnNetwork:
         self._configure_interfaces()
         if delay_host is not None:
             self._start_engine(delay_host)
-        else:
-            self._apply_netem()
         t1 = time.monotonic()
         net.start()  # builds the bridges and points them at the controller
         self.ovs_port_type = self._resolve_port_type(datapath)
@@ -259,6 +261,11 @@ class ApnNetwork:
         for switch in net.switches:
             _run(["ovs-vsctl", "--timeout=10", "set", "Bridge", switch.name,
                   f"external_ids:{OVS_TAG}={self.record.run_id}"], "tagging bridge")
+        if delay_host is None:
+            # Only now: OVS resets the root qdisc of every port it takes unless told not to.
+            _leave_qos_to_tc([name for link in self.links for name in (link.port_a, link.port_b)],
+                             self.record.run_id)
+            self._apply_netem()
         self.timings["switches_s"] = time.monotonic() - t1
         self._configure_hosts()
         self.timings["up_s"] = time.monotonic() - t0
@@ -367,11 +374,15 @@ class ApnNetwork:
         self._engine.start()
         self.record.add_process(self._engine.pid, "delay engine")
 
+    @staticmethod
+    def _trunk_channels(link: EmulatedLink) -> list[link_backends.TrunkChannel]:
+        return [link_backends.TrunkChannel(ch.vid, delay_us=ch.delay_s * 1e6, jitter_us=ch.jitter_s * 1e6,
+                                           jitter_dist=_ENGINE_DIST[ch.jitter_dist], rate_bps=ch.rate_bps)
+                for ch in link.channels]
+
     def _apply_netem(self) -> None:
         for link in self.links:
-            channels = [link_backends.TrunkChannel(ch.vid, delay_us=ch.delay_s * 1e6, jitter_us=ch.jitter_s * 1e6,
-                                                   jitter_dist=_ENGINE_DIST[ch.jitter_dist], rate_bps=ch.rate_bps)
-                        for ch in link.channels]
+            channels = self._trunk_channels(link)
             for ifname in (link.port_a, link.port_b):
                 link_backends.apply_trunk_netem(ifname, channels)
 
@@ -389,9 +400,15 @@ class ApnNetwork:
         """
         link = self._span_link(a, b)
         channel = link.wavelength(wavelength)
-        if self._engine is None:
-            raise EmulationError("changing a wavelength's rate needs the userspace link backend")
-        self._engine.set_pace([(link.name, channel.vid, rate_bps)])
+        if self._engine is not None:
+            self._engine.set_pace([(link.name, channel.vid, rate_bps)])
+            return
+        if self.link_backend != "netem":
+            raise EmulationError("the network is not running")
+        channels = self._trunk_channels(link)
+        for ifname in (link.port_a, link.port_b):
+            for cmd in link_backends.trunk_rate_commands(ifname, channels, channel.vid, rate_bps):
+                _run(cmd, f"changing the rate of wavelength {wavelength} on {ifname}")
 
     def set_transit_advance(self, advances: dict[tuple[str, str], float]) -> None:
         """Shorten the engine's hold on directed spans: ``{(a, b): us}`` for frames going a -> b
@@ -466,8 +483,34 @@ def _teardown(net, record: RunRecord) -> None:
         for name in bridges:
             args += ["--", "--if-exists", "del-br", name]
         _run(args, "deleting bridges")
+    # The netem backend's QoS rows, once no port refers to them (OVSDB checks references
+    # before it collects the deleted bridges' ports, so not in the same transaction),
+    # and its switch-to-switch veths (deleting one end deletes the pair).
+    ours = [uuid for uuid, run_id in tagged_qos().items() if run_id == record.run_id]
+    if ours:
+        _run(["ovs-vsctl", "--timeout=20", *destroy_qos_args(ours)], "deleting the QoS rows")
+    trunks = [name for name in record.interfaces if Path(f"/sys/class/net/{name}").exists()]
+    if trunks:
+        _run_batch(["ip", "-batch", "-"], [["link", "del", "dev", name] for name in trunks], "deleting trunk veths")
     for host in net.hosts:
         host.shell = None  # already ended; keeps Mininet's atexit/destructors from touching them
+
+
+def _leave_qos_to_tc(ifnames: list[str], run_id: str) -> None:
+    """Give ports OVS's ``linux-noop`` QoS, so OVS leaves their qdiscs to us.
+
+    On a port with no QoS row, OVS's Linux netdev deletes a root qdisc it
+    recognises but did not make (our htb) when it takes the port: netem would
+    silently vanish (seen on the kernel datapath, where every pair measured its
+    whole span delay short). QoS is a root table, so the row outlives the
+    ports: it carries the run's tag, and teardown and ``twin clean`` destroy it."""
+    if not ifnames:
+        return
+    args = ["ovs-vsctl", "--timeout=20", "--", "--id=@noop", "create", "QoS", "type=linux-noop",
+            f"external_ids:{OVS_TAG}={run_id}"]
+    for name in ifnames:
+        args += ["--", "set", "Port", name, "qos=@noop"]
+    _run(args, "handing the trunk ports' qdiscs to tc (QoS linux-noop)")
 
 
 def _port_number(sw_ports, name: str) -> int:

@@ -133,6 +133,28 @@ def tagged_bridges() -> dict[str, str]:
     return result
 
 
+def tagged_qos() -> dict[str, str]:
+    """OVS QoS row uuid -> run id, for every QoS row a twin run made (the netem backend's
+    ``linux-noop`` rows). QoS is a root table: its rows outlive the ports that used them."""
+    proc = _ovs("--format=json", "--columns=_uuid,external_ids", "list", "QoS")
+    if proc.returncode != 0:
+        return {}
+    result = {}
+    for uuid, ids in json.loads(proc.stdout).get("data", []):
+        mapping = dict(ids[1]) if isinstance(ids, list) and ids and ids[0] == "map" else {}
+        if OVS_TAG in mapping and isinstance(uuid, list) and len(uuid) == 2:
+            result[uuid[1]] = mapping[OVS_TAG]
+    return result
+
+
+def destroy_qos_args(uuids) -> list[str]:
+    """ovs-vsctl arguments (after the command name) destroying QoS rows; empty for none."""
+    args: list[str] = []
+    for uuid in uuids:
+        args += ["--", "--if-exists", "destroy", "QoS", uuid]
+    return args
+
+
 def labelled_containers(podman: str = "podman") -> dict[str, str]:
     """podman container name -> run id, for every container (any state) a twin run labelled.
 
@@ -217,6 +239,9 @@ def clean_record(record: RunRecord) -> list[str]:
         if bridges.get(name) == record.run_id:
             _ovs("--if-exists", "del-br", name)
             removed.append(f"bridge {name}")
+    ours = sorted(uuid for uuid, run_id in tagged_qos().items() if run_id == record.run_id)
+    if ours and _ovs(*destroy_qos_args(ours)).returncode == 0:
+        removed.append(f"{len(ours)} OVS QoS row(s)")
     for name in record.interfaces:
         if Path(f"/sys/class/net/{name}").exists():
             subprocess.run(["ip", "link", "del", "dev", name], capture_output=True)
@@ -293,6 +318,9 @@ def clean_all(include_live: bool = False) -> list[str]:
         if run_id not in live_runs:
             _ovs("--if-exists", "del-br", name)
             removed.append(f"bridge {name} (run {run_id}, no record)")
+    orphans = sorted(uuid for uuid, run_id in tagged_qos().items() if run_id not in live_runs)
+    if orphans and _ovs(*destroy_qos_args(orphans)).returncode == 0:
+        removed.append(f"{len(orphans)} OVS QoS row(s) (no record)")
     # Containers labelled by a run whose record is gone, likewise.
     orphans = sorted(name for name, run_id in labelled_containers().items() if run_id not in live_runs)
     remove_containers(orphans)
@@ -307,13 +335,14 @@ def _owner_alive(record: RunRecord) -> bool:
 
 
 def host_state() -> dict[str, set[str]]:
-    """What exists now that a twin run could leave behind: tagged bridges, global OVS
+    """What exists now that a twin run could leave behind: tagged bridges and QoS rows, global OVS
     settings marked as the twin's, veths in this namespace, run records. Tests compare it before and after a run."""
     links = subprocess.run(["ip", "-o", "link", "show", "type", "veth"], capture_output=True, text=True).stdout
     settings = {f"{key}={ovs_global('other_config', key)}" for key in OVS_GLOBAL_KEYS
                 if ovs_global("external_ids", f"twin-{key}") is not None}
     return {
         "bridges": set(tagged_bridges()),
+        "qos": set(tagged_qos()),
         "ovs_settings": settings,
         "veths": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ":" in line},
         "runs": {p.name for p in RECORD_ROOT.iterdir()} if RECORD_ROOT.is_dir() else set(),
