@@ -6,10 +6,13 @@ import socket
 import threading
 import time
 
+import pytest
+
 from twin.emulation.probe import (
     MAGIC,
     NO_FOLLOW_UP,
     PROBE_STRUCT,
+    ProbeError,
     TX_TS_MAX_AFTER_NS,
     VERSION,
     Sample,
@@ -109,3 +112,26 @@ def test_probes_to_a_missing_reflector_are_lost_not_an_error():
     """ICMP port unreachable comes back for every probe; the sender counts them lost."""
     samples, _rate = send("127.0.0.1", _free_udp_port(), rate_pps=2000, count=50, wait_s=0.2)
     assert samples == []
+
+
+def test_warmup_probes_are_echoed_but_never_counted():
+    """The reflector sees warmup + count probes; the sender reports exactly the measured ones,
+    numbered from 0, with kernel stamps still matched to the right datagrams."""
+    port = _free_udp_port()
+    bound = threading.Event()
+    worker = threading.Thread(target=reflect, args=("127.0.0.1", port),
+                              kwargs={"max_packets": 15 + 100, "on_ready": bound.set}, daemon=True)
+    worker.start()
+    assert bound.wait(5.0)
+    samples, _rate = send("127.0.0.1", port, rate_pps=2000, count=100, wait_s=0.5, warmup=15)
+    worker.join(2.0)
+    assert not worker.is_alive()  # it did receive all 115
+    assert sorted(s.seq for s in samples) == list(range(100))
+    assert min(s.reflector_seq for s in samples) >= 15  # the warm-up went first
+    for s in samples:
+        assert s.forward_ns >= 0 and s.backward_ns >= 0 and s.forward_ns < 50_000_000, s
+
+
+def test_negative_warmup_is_refused():
+    with pytest.raises(ProbeError, match="--warmup"):
+        send("127.0.0.1", _free_udp_port(), rate_pps=100, count=1, warmup=-1)

@@ -83,6 +83,9 @@ VERSION = 2
 PROBE_STRUCT = struct.Struct("!4sBBHIIQQQI4xQ")
 MIN_SIZE = PROBE_STRUCT.size  # 56 bytes of UDP payload
 NO_FOLLOW_UP = 0xFFFFFFFF
+#: Flag of warm-up probes: echoed like any probe, left out of every statistic.
+WARMUP_FLAG = 0x01
+WARMUP_SEQ0 = 0x8000_0000  # warm-up sequence numbers, apart from the measured ones
 SO_TIMESTAMPNS = 35
 SO_TIMESTAMPING = 37  # == SCM_TIMESTAMPING
 # SOF_TIMESTAMPING_TX_SOFTWARE | SOFTWARE | OPT_ID | OPT_TSONLY: a software transmit
@@ -485,7 +488,8 @@ def send_offsets_ns(rate_pps: float, count: int, *, poisson: bool = False, seed:
 
 
 def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
-         wait_s: float = 1.0, poisson: bool = False, seed: int = 1) -> tuple[list[Sample], float]:
+         wait_s: float = 1.0, poisson: bool = False, seed: int = 1,
+         warmup: int = 0) -> tuple[list[Sample], float]:
     """Send ``count`` probes at ``rate_pps``; return (replies in arrival order, achieved rate).
 
     Pacing is on an absolute schedule (no drift; periodic, or Poisson with
@@ -493,11 +497,21 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
     then busy-wait; replies are read while waiting. After the last probe,
     replies are awaited for ``wait_s``.
 
+    ``warmup`` probes go first, periodic at ``rate_pps``, and the measured ones
+    start when their replies are in (or ``wait_s`` after the last): they are
+    not counted anywhere. They make the path's switches set up their flows, so
+    the measurement is of the steady path. Without them, OVS's kernel datapath
+    sends a new flow's first packets through ovs-vswitchd, and packets behind
+    them can overtake them once the flow is in the kernel (seen as 1-3 reordered
+    probes per new path in the netem guest).
+
     Raises:
         ProbeError: bad arguments.
     """
     if rate_pps <= 0 or count <= 0:
         raise ProbeError("rate and count must be > 0")
+    if warmup < 0:
+        raise ProbeError("--warmup must be >= 0")
     if size < MIN_SIZE:
         raise ProbeError(f"--size must be at least {MIN_SIZE} bytes (the probe header)")
     _set_timer_slack()
@@ -526,11 +540,30 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
             t4 = _kernel_ts(anc, clock())
             if len(data) < MIN_SIZE:
                 continue
-            magic, ver, _fl, _p, seq, rseq, t1, t2, t3, fu_seq, fu_t3 = unpack_from(data)
+            magic, ver, flags, _p, seq, rseq, t1, t2, t3, fu_seq, fu_t3 = unpack_from(data)
             if magic == MAGIC and ver == VERSION:
-                samples.append(Sample(seq, rseq, t1, t2, t3, t4))
+                if flags & WARMUP_FLAG:
+                    warm_replies.add(seq)
+                else:
+                    samples.append(Sample(seq, rseq, t1, t2, t3, t4))
                 if fu_seq != NO_FOLLOW_UP:
                     follow_ups[fu_seq] = fu_t3
+
+    warm_replies: set[int] = set()
+    if warmup > 0:
+        gap_ns = int(1e9 / rate_pps)
+        for j in range(warmup):
+            pack_into(buf, 0, MAGIC, VERSION, WARMUP_FLAG, 0, WARMUP_SEQ0 + j, 0, clock(), 0, 0, NO_FOLLOW_UP, 0)
+            try:
+                sock.send(buf)
+                stamps.sent(WARMUP_SEQ0 + j)
+            except (BlockingIOError, ConnectionRefusedError):
+                pass
+            _wait_reading(sock, mono() + gap_ns, read_replies)
+        deadline = mono() + int(wait_s * 1e9)
+        while len(warm_replies) < warmup and mono() < deadline:
+            _wait_reading(sock, min(deadline, mono() + 10_000_000), read_replies)
+        stamps.collect()
 
     start = mono()
     for i in range(count):
@@ -567,6 +600,17 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
     stamps.collect()
     sock.close()
     return [with_kernel_stamps(smp, stamps, follow_ups) for smp in samples], achieved
+
+
+def _wait_reading(sock: socket.socket, until_ns: int, read_replies: Callable[[], None]) -> None:
+    """Sleep until ``until_ns`` (monotonic), reading replies as they come."""
+    while (remaining := until_ns - time.monotonic_ns()) > 0:
+        r, _, _ = select.select([sock], [], [], remaining / 1e9)
+        if r:
+            try:
+                read_replies()
+            except ConnectionRefusedError:
+                pass
 
 
 def with_kernel_stamps(sample: Sample, stamps: TxStamps, follow_ups: dict[int, int]) -> Sample:
@@ -630,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=1, help="seed of the Poisson gaps")
     s.add_argument("--json", action="store_true", help="print the twin.probe/1 JSON document")
     s.add_argument("--samples", action="store_true", help="include per-packet samples in the JSON")
+    s.add_argument("--warmup", type=int, default=0, metavar="N",
+                   help="first send N uncounted probes and wait for their replies (sets up the switches' flows)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "reflect":
@@ -641,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
             return 0
         samples, achieved = send(args.dst, args.port, rate_pps=args.rate, count=args.count, size=args.size,
-                                 wait_s=args.wait, poisson=args.poisson, seed=args.seed)
+                                 wait_s=args.wait, poisson=args.poisson, seed=args.seed, warmup=args.warmup)
         summary = summarize(samples, sent=args.count, rate_pps_requested=args.rate, rate_pps_achieved=achieved,
                             size_bytes=args.size)
         print(to_json(summary, samples if args.samples else None) if args.json else _format_text(summary))

@@ -32,6 +32,8 @@ from twin.timeouts import scaled
 log = logging.getLogger(__name__)
 
 PROBE_PORT = 8620
+#: Uncounted probes before each measured run, so the path's datapath flows exist (probe.send).
+PROBE_WARMUP = 10
 # Transit calibration: probes per span, their rate, and the largest hold the engine may
 # take off a span direction (a measurement spoiled by a hiccup must not erase a delay).
 CALIBRATION_PROBES = 400
@@ -341,6 +343,7 @@ class TwinSession:
         proc = subprocess.run(in_host(sender_pid, [sys.executable, "-m", "twin.emulation.probe", "send", "--dst",
                                                    dst_ip, "--port", str(PROBE_PORT), "--rate", str(rate),
                                                    "--count", str(count), "--size", str(size), "--json",
+                                                   "--warmup", str(PROBE_WARMUP),
                                                    *(["--poisson"] if poisson else [])]),
                               capture_output=True, text=True, timeout=count / rate + scaled(30))
         if proc.returncode != 0:
