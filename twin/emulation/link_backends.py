@@ -31,6 +31,7 @@ and inflates delay by milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -255,26 +256,48 @@ def trunk_netem_commands(ifname: str, channels: Sequence[TrunkChannel], *,
     default = f"{untagged + 1:x}" if untagged is not None else "0"
     cmds = [[*tc, "qdisc", "replace", "dev", ifname, "root", "handle", "1:", "htb", "default", default]]
     for i, ch in enumerate(channels):
-        if ch.delay_us < 0 or ch.jitter_us < 0:
-            raise LinkBackendError(f"{ifname}: channel {ch.vid}: delay_us and jitter_us must be >= 0")
-        if ch.jitter_dist not in NETEM_DISTS:
-            raise LinkBackendError(f"{ifname}: channel {ch.vid}: jitter_dist {ch.jitter_dist!r} unknown")
         classid = f"1:{i + 1:x}"
-        rate = ch.rate_bps or NO_REORDER_RATE_BPS
-        cmds.append([*tc, "class", "replace", "dev", ifname, "parent", "1:", "classid", classid, "htb",
-                     "rate", _bit(rate), "ceil", _bit(rate)])
-        netem = [*tc, "qdisc", "replace", "dev", ifname, "parent", classid, "handle", f"{i + 0x10:x}:", "netem",
-                 "limit", str(netem_limit(ch.delay_us, ch.jitter_us, ch.rate_bps)), "delay", _us(ch.delay_us)]
-        if ch.jitter_us > 0:
-            netem.append(_us(ch.jitter_us))
-            if NETEM_DISTS[ch.jitter_dist]:
-                netem += ["distribution", NETEM_DISTS[ch.jitter_dist]]
-        netem += ["rate", _bit(rate)]  # keeps netem from reordering (module docstring)
-        cmds.append(netem)
+        cmds += _channel_commands(tc, ifname, i, ch)
         if ch.vid is not None:
             cmds.append([*tc, "filter", "replace", "dev", ifname, "parent", "1:", "protocol", "802.1Q", "prio", "1",
                          "handle", str(i + 1), "flower", "vlan_id", str(ch.vid), "classid", classid])
     return cmds
+
+
+def _channel_commands(tc: list[str], ifname: str, index: int, ch: TrunkChannel) -> list[list[str]]:
+    """The htb class and netem leaf of channel ``index`` (``replace``: makes or changes them)."""
+    if ch.delay_us < 0 or ch.jitter_us < 0:
+        raise LinkBackendError(f"{ifname}: channel {ch.vid}: delay_us and jitter_us must be >= 0")
+    if ch.jitter_dist not in NETEM_DISTS:
+        raise LinkBackendError(f"{ifname}: channel {ch.vid}: jitter_dist {ch.jitter_dist!r} unknown")
+    if ch.rate_bps is not None and not ch.rate_bps > 0:
+        raise LinkBackendError(f"{ifname}: channel {ch.vid}: rate_bps must be > 0")
+    classid = f"1:{index + 1:x}"
+    rate = ch.rate_bps or NO_REORDER_RATE_BPS
+    netem = [*tc, "qdisc", "replace", "dev", ifname, "parent", classid, "handle", f"{index + 0x10:x}:", "netem",
+             "limit", str(netem_limit(ch.delay_us, ch.jitter_us, ch.rate_bps)), "delay", _us(ch.delay_us)]
+    if ch.jitter_us > 0:
+        netem.append(_us(ch.jitter_us))
+        if NETEM_DISTS[ch.jitter_dist]:
+            netem += ["distribution", NETEM_DISTS[ch.jitter_dist]]
+    netem += ["rate", _bit(rate)]  # keeps netem from reordering (module docstring)
+    return [[*tc, "class", "replace", "dev", ifname, "parent", "1:", "classid", classid, "htb",
+             "rate", _bit(rate), "ceil", _bit(rate)], netem]
+
+
+def trunk_rate_commands(ifname: str, channels: Sequence[TrunkChannel], vid: int, rate_bps: float, *,
+                        netns: str | None = None) -> list[list[str]]:
+    """``tc`` argument lists giving the channel of VLAN ``vid`` (already set up by
+    :func:`trunk_netem_commands` with the same ``channels``) a new rate, in place:
+    its class and netem leaf change, the other channels and the filters stay.
+
+    Raises:
+        LinkBackendError: no channel has that VLAN, or a bad rate.
+    """
+    index = next((i for i, ch in enumerate(channels) if ch.vid == vid), None)
+    if index is None:
+        raise LinkBackendError(f"{ifname}: no trunk channel has VLAN {vid}")
+    return _channel_commands(_tc(netns), ifname, index, dataclasses.replace(channels[index], rate_bps=rate_bps))
 
 
 def apply_trunk_netem(ifname: str, channels: Sequence[TrunkChannel], **kw) -> None:
