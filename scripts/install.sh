@@ -31,7 +31,9 @@ TEST_PKGS=(shellcheck)
 # Workload containers (podman; runc because crun refuses the hybrid cgroup
 # layout of some kernels; catatonit as the containers' init; debootstrap builds
 # the image, as no image registry is reachable; on Ubuntu it needs Debian's
-# keyring) and the browser-driven dashboard checks. The test suite needs all
+# keyring), the browser-driven dashboard checks, and QEMU for the netem guest
+# (scripts/netem-guest.sh: a kernel with sch_netem and the openvswitch module,
+# for the kernel paths this host may lack). The test suite needs all
 # of them, so they are part of every install. Set per distribution below
 # because Ubuntu names the chromium packages differently.
 EXTRA_PKGS=()
@@ -123,9 +125,10 @@ install_packages() {
         if apt-cache show "$extra_mods" >/dev/null 2>&1; then
             want+=("$extra_mods")
         fi
-        EXTRA_PKGS=(podman runc catatonit debootstrap debian-archive-keyring chromium-browser chromium-chromedriver)
+        EXTRA_PKGS=(podman runc catatonit debootstrap debian-archive-keyring chromium-browser chromium-chromedriver
+                    qemu-system-x86)
     else
-        EXTRA_PKGS=(podman runc catatonit debootstrap chromium chromium-driver)
+        EXTRA_PKGS=(podman runc catatonit debootstrap chromium chromium-driver qemu-system-x86)
     fi
     want+=("${EXTRA_PKGS[@]}")
     # CRIU only when the registry serves 4.x: 3.x (Debian 12) fails

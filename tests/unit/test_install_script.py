@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 INSTALL = REPO / "scripts" / "install.sh"
 LAB = REPO / "lab.sh"
 CI_RUN = REPO / ".ci" / "run"
-SCRIPTS = [INSTALL, LAB, CI_RUN]
+GUEST = REPO / "scripts" / "netem-guest.sh"
+SCRIPTS = [INSTALL, LAB, CI_RUN, GUEST]
 
 KERNEL_LINE = re.compile(
     r"^kernel: netem=(yes|no|unknown) ovs-module=(yes|no) -> "
@@ -136,3 +137,16 @@ def test_install_rerun_is_fast_and_clean() -> None:
     assert "apt packages: all" in second.stdout
     assert ".venv: up to date" in second.stdout
     assert _probe_interfaces() == []
+
+
+def test_netem_guest_help_and_bad_arguments_get_one_clear_line(tmp_path) -> None:
+    shown = _run(["bash", str(GUEST), "--help"])
+    assert shown.returncode == 0 and "run [--out DIR] -- CMD" in shown.stdout
+    unknown = _run(["bash", str(GUEST), "boot"])
+    assert unknown.returncode != 0 and "netem-guest: error: unknown command 'boot'" in unknown.stderr
+    missing = _run(["bash", str(GUEST), "run", "--out", str(tmp_path / "nowhere"), "--", "true"])
+    assert missing.returncode != 0
+    if os.geteuid() == 0:
+        assert f"--out {tmp_path / 'nowhere'}: no such folder; create it first" in missing.stderr
+    else:
+        assert "needs root" in missing.stderr

@@ -60,3 +60,11 @@ def test_a_rate_change_touches_only_that_vlans_class_and_leaf():
 def test_rate_change_errors_name_the_interface(vid, rate, message):
     with pytest.raises(LinkBackendError, match=f"a_b: .*{message}|a_b: {message}"):
         trunk_rate_commands("a_b", CHANNELS, vid, rate)
+
+
+def test_cpu_masks_are_written_as_sysfs_reads_them():
+    from twin.emulation.network import cpu_mask_text
+
+    assert cpu_mask_text([0, 1]) == "3"
+    assert cpu_mask_text([0, 33]) == "2,00000001"
+    assert cpu_mask_text(range(64)) == "ffffffff,ffffffff"

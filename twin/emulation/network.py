@@ -266,6 +266,7 @@ class ApnNetwork:
             _leave_qos_to_tc([name for link in self.links for name in (link.port_a, link.port_b)],
                              self.record.run_id)
             self._apply_netem()
+            _one_cpu_per_flow([p.name for sw in self.port_map.switches.values() for p in sw.ports])
         self.timings["switches_s"] = time.monotonic() - t1
         self._configure_hosts()
         self.timings["up_s"] = time.monotonic() - t0
@@ -511,6 +512,38 @@ def _leave_qos_to_tc(ifnames: list[str], run_id: str) -> None:
     for name in ifnames:
         args += ["--", "set", "Port", name, "qos=@noop"]
     _run(args, "handing the trunk ports' qdiscs to tc (QoS linux-noop)")
+
+
+def _one_cpu_per_flow(ifnames: list[str]) -> None:
+    """Receive packet steering on the switch ports: every frame of one flow is switched on
+    the same CPU.
+
+    A veth hands a sent frame to the receive queue of the CPU that sent it. netem
+    releases frames from whichever CPU runs its timer or queue, so two frames of one
+    flow can be switched on two CPUs at once and leave in the wrong order (seen in the
+    netem guest: a probe overtaken while another wavelength was flooded). RPS hashes
+    each flow to one CPU's queue. The kernel datapath only: the userspace datapath
+    reads the ports itself."""
+    mask = cpu_mask_text(range(os.cpu_count() or 1))
+    for name in ifnames:
+        for queue in Path(f"/sys/class/net/{name}/queues").glob("rx-*"):
+            (queue / "rps_cpus").write_text(mask)
+
+
+def cpu_mask_text(cpus) -> str:
+    """A CPU set as the kernel writes masks in sysfs: hex in comma-separated 32-bit groups.
+
+    >>> cpu_mask_text([0, 1]), cpu_mask_text([0, 33])
+    ('3', '2,00000001')
+    """
+    bits = sum(1 << c for c in set(cpus))
+    groups = []
+    while True:
+        groups.append(bits & 0xFFFFFFFF)
+        bits >>= 32
+        if not bits:
+            break
+    return ",".join([f"{groups[-1]:x}", *(f"{g:08x}" for g in reversed(groups[:-1]))])
 
 
 def _port_number(sw_ports, name: str) -> int:
