@@ -181,11 +181,13 @@ def apply_netem(ifname: str, **kw) -> None:
 
 
 def netem_available() -> bool:
-    """True if a netem qdisc can be created here (tried on a throwaway dummy interface)."""
+    """True if a netem qdisc can be created here (tried on a throwaway veth pair)."""
     if not (shutil.which("ip") and shutil.which("tc")):
         return False
     name = f"{PROBE_PREFIX}{os.getpid() % 100000}"  # <= 12 chars, under the 15-char limit
-    made = subprocess.run(["ip", "link", "add", name, "type", "dummy"], capture_output=True)
+    # A veth pair, not a dummy: loading the dummy module makes a dummy0 that would stay.
+    made = subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", f"{name}p"],
+                          capture_output=True)
     if made.returncode != 0:
         log.debug("cannot create %s to probe for netem: %s", name, made.stderr)
         return False
