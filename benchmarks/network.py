@@ -80,7 +80,7 @@ from tqdm import tqdm
 from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, in_host
 from twin.emulation.probe import ProbeSummary, percentile, wait_reflector_ready
 from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
-from twin.emulation.session import TwinSession, switch_passes
+from twin.emulation.session import PROBE_WARMUP, TwinSession, switch_passes
 from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.tables import format_table
@@ -203,7 +203,8 @@ def probe_samples(session: TwinSession, procs: Procs, src: str, dst: str, *, cou
         proc = subprocess.run(in_host(users_pid(session, src), [PY, "-m", "twin.emulation.probe", "send", "--dst",
                                                                 dst_ip, "--port", str(PROBE_PORT), "--rate",
                                                                 str(rate), "--count", str(count), "--json",
-                                                                "--samples", *POISSON]),
+                                                                "--samples", "--warmup", str(PROBE_WARMUP),
+                                                                *POISSON]),
                               check=False, capture_output=True, text=True, timeout=count / rate + 30,
                               env=ENV, cwd=ROOT)
     finally:
