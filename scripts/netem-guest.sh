@@ -85,6 +85,7 @@ ip link set lo up
 hostname twin-guest
 [ -n "$scale" ] && export TWIN_TIMEOUT_SCALE="$scale"
 export TWIN_GUEST=1   # tests/conftest.py collects tests/guest only here
+export PYTHONUNBUFFERED=1   # the console shows Python output as it comes, not at exit
 echo "netem-guest: up: kernel $(uname -r), $(nproc) CPUs, timeout scale ${scale:-1}"
 /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/job/ovs-ctl.log 2>&1 ||
     echo "netem-guest: ovs-ctl start failed (see its log)"
