@@ -44,8 +44,8 @@ from pathlib import Path
 
 from twin.emulation import link_backends
 from twin.emulation.delay_engine import ChannelSpec, DelayEngineProcess, LinkSpec
-from twin.emulation.records import (OVS_TAG, RunRecord, destroy_qos_args, ovs_global, release_ovs_globals,
-                                    set_ovs_global, tagged_qos)
+from twin.emulation.records import (OVS_TAG, RunRecord, delete_interfaces, destroy_qos, ovs_global,
+                                    release_ovs_globals, set_ovs_global, tagged_qos)
 from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.model.optics import OpticalNetwork
@@ -484,15 +484,11 @@ def _teardown(net, record: RunRecord) -> None:
         for name in bridges:
             args += ["--", "--if-exists", "del-br", name]
         _run(args, "deleting bridges")
-    # The netem backend's QoS rows, once no port refers to them (OVSDB checks references
-    # before it collects the deleted bridges' ports, so not in the same transaction),
-    # and its switch-to-switch veths (deleting one end deletes the pair).
-    ours = [uuid for uuid, run_id in tagged_qos().items() if run_id == record.run_id]
-    if ours:
-        _run(["ovs-vsctl", "--timeout=20", *destroy_qos_args(ours)], "deleting the QoS rows")
-    trunks = [name for name in record.interfaces if Path(f"/sys/class/net/{name}").exists()]
-    if trunks:
-        _run_batch(["ip", "-batch", "-"], [["link", "del", "dev", name] for name in trunks], "deleting trunk veths")
+    # The netem backend's QoS rows, once no port refers to them, and its switch-to-switch veths.
+    error = destroy_qos([row for row, run_id in tagged_qos().items() if run_id == record.run_id])
+    if error:
+        raise EmulationError(f"deleting the QoS rows: {error}")
+    delete_interfaces(record.interfaces)
     for host in net.hosts:
         host.shell = None  # already ended; keeps Mininet's atexit/destructors from touching them
 

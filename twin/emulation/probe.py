@@ -560,9 +560,7 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
             except (BlockingIOError, ConnectionRefusedError):
                 pass
             _wait_reading(sock, mono() + gap_ns, read_replies)
-        deadline = mono() + int(wait_s * 1e9)
-        while len(warm_replies) < warmup and mono() < deadline:
-            _wait_reading(sock, min(deadline, mono() + 10_000_000), read_replies)
+        _wait_reading(sock, mono() + int(wait_s * 1e9), read_replies, done=lambda: len(warm_replies) >= warmup)
         stamps.collect()
 
     start = mono()
@@ -586,25 +584,16 @@ def send(dst: str, port: int, *, rate_pps: float, count: int, size: int = 64,
         stamps.collect()
     end = mono()
     achieved = (count - 1) / ((end - start) / 1e9) if count > 1 and end > start else float(rate_pps)
-    deadline = mono() + int(wait_s * 1e9)
-    while len(samples) < count:
-        remaining = deadline - mono()
-        if remaining <= 0:
-            break
-        r, _, _ = select.select([sock], [], [], remaining / 1e9)
-        if r:
-            try:
-                read_replies()
-            except ConnectionRefusedError:
-                pass
+    _wait_reading(sock, mono() + int(wait_s * 1e9), read_replies, done=lambda: len(samples) >= count)
     stamps.collect()
     sock.close()
     return [with_kernel_stamps(smp, stamps, follow_ups) for smp in samples], achieved
 
 
-def _wait_reading(sock: socket.socket, until_ns: int, read_replies: Callable[[], None]) -> None:
-    """Sleep until ``until_ns`` (monotonic), reading replies as they come."""
-    while (remaining := until_ns - time.monotonic_ns()) > 0:
+def _wait_reading(sock: socket.socket, until_ns: int, read_replies: Callable[[], None], *,
+                  done: Callable[[], bool] = lambda: False) -> None:
+    """Sleep until ``until_ns`` (monotonic) or until ``done()``, reading replies as they come."""
+    while not done() and (remaining := until_ns - time.monotonic_ns()) > 0:
         r, _, _ = select.select([sock], [], [], remaining / 1e9)
         if r:
             try:

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,39 +121,53 @@ def _ovs(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["ovs-vsctl", "--timeout=10", *args], capture_output=True, text=True)
 
 
-def tagged_bridges() -> dict[str, str]:
-    """OVS bridge -> run id, for every bridge a twin run tagged."""
-    proc = _ovs("--format=json", "--columns=name,external_ids", "list", "Bridge")
+def _tagged_rows(table: str, key_column: str) -> dict[str, str]:
+    """``key_column`` value -> run id, for every row of an OVSDB table a twin run tagged
+    (``external_ids:twin-run``); empty when OVS does not answer."""
+    proc = _ovs("--format=json", f"--columns={key_column},external_ids", "list", table)
     if proc.returncode != 0:
         return {}
     result = {}
-    for name, ids in json.loads(proc.stdout).get("data", []):
+    for key, ids in json.loads(proc.stdout).get("data", []):
         mapping = dict(ids[1]) if isinstance(ids, list) and ids and ids[0] == "map" else {}
         if OVS_TAG in mapping:
-            result[name] = mapping[OVS_TAG]
+            # a uuid column comes as ["uuid", "..."]
+            result[key[1] if isinstance(key, list) and len(key) == 2 else key] = mapping[OVS_TAG]
     return result
+
+
+def tagged_bridges() -> dict[str, str]:
+    """OVS bridge -> run id, for every bridge a twin run tagged."""
+    return _tagged_rows("Bridge", "name")
 
 
 def tagged_qos() -> dict[str, str]:
     """OVS QoS row uuid -> run id, for every QoS row a twin run made (the netem backend's
     ``linux-noop`` rows). QoS is a root table: its rows outlive the ports that used them."""
-    proc = _ovs("--format=json", "--columns=_uuid,external_ids", "list", "QoS")
-    if proc.returncode != 0:
-        return {}
-    result = {}
-    for uuid, ids in json.loads(proc.stdout).get("data", []):
-        mapping = dict(ids[1]) if isinstance(ids, list) and ids and ids[0] == "map" else {}
-        if OVS_TAG in mapping and isinstance(uuid, list) and len(uuid) == 2:
-            result[uuid[1]] = mapping[OVS_TAG]
-    return result
+    return _tagged_rows("QoS", "_uuid")
 
 
-def destroy_qos_args(uuids) -> list[str]:
-    """ovs-vsctl arguments (after the command name) destroying QoS rows; empty for none."""
+def destroy_qos(uuids: Sequence[str]) -> str | None:
+    """Destroy QoS rows in one transaction (after the ports using them are gone: OVSDB
+    checks references before it collects deleted ports). Returns ovs-vsctl's error, or None."""
+    if not uuids:
+        return None
     args: list[str] = []
-    for uuid in uuids:
-        args += ["--", "--if-exists", "destroy", "QoS", uuid]
-    return args
+    for row in uuids:
+        args += ["--", "--if-exists", "destroy", "QoS", row]
+    proc = _ovs(*args)
+    return None if proc.returncode == 0 else (proc.stderr or proc.stdout).strip()
+
+
+def delete_interfaces(names: Sequence[str]) -> list[str]:
+    """Delete the root-namespace interfaces of ``names`` that exist (a veth takes its peer
+    with it); returns the ones deleted."""
+    gone = []
+    for name in names:
+        if Path(f"/sys/class/net/{name}").exists():
+            subprocess.run(["ip", "link", "del", "dev", name], capture_output=True)
+            gone.append(name)
+    return gone
 
 
 def labelled_containers(podman: str = "podman") -> dict[str, str]:
@@ -239,13 +254,10 @@ def clean_record(record: RunRecord) -> list[str]:
         if bridges.get(name) == record.run_id:
             _ovs("--if-exists", "del-br", name)
             removed.append(f"bridge {name}")
-    ours = sorted(uuid for uuid, run_id in tagged_qos().items() if run_id == record.run_id)
-    if ours and _ovs(*destroy_qos_args(ours)).returncode == 0:
+    ours = sorted(row for row, run_id in tagged_qos().items() if run_id == record.run_id)
+    if ours and destroy_qos(ours) is None:
         removed.append(f"{len(ours)} OVS QoS row(s)")
-    for name in record.interfaces:
-        if Path(f"/sys/class/net/{name}").exists():
-            subprocess.run(["ip", "link", "del", "dev", name], capture_output=True)
-            removed.append(f"interface {name}")
+    removed += [f"interface {name}" for name in delete_interfaces(record.interfaces)]
     if record.path is not None and record.directory.is_dir():
         for child in sorted(record.directory.iterdir(), reverse=True):
             if child.is_file():
@@ -318,8 +330,8 @@ def clean_all(include_live: bool = False) -> list[str]:
         if run_id not in live_runs:
             _ovs("--if-exists", "del-br", name)
             removed.append(f"bridge {name} (run {run_id}, no record)")
-    orphans = sorted(uuid for uuid, run_id in tagged_qos().items() if run_id not in live_runs)
-    if orphans and _ovs(*destroy_qos_args(orphans)).returncode == 0:
+    orphans = sorted(row for row, run_id in tagged_qos().items() if run_id not in live_runs)
+    if orphans and destroy_qos(orphans) is None:
         removed.append(f"{len(orphans)} OVS QoS row(s) (no record)")
     # Containers labelled by a run whose record is gone, likewise.
     orphans = sorted(name for name, run_id in labelled_containers().items() if run_id not in live_runs)
