@@ -194,6 +194,21 @@ def test_state_moves_and_the_second_instance_answers_as_the_first(start_server):
     assert call(other, "PUT", "/state", blob)[0] == 409
 
 
+def test_paced_state_copy_keeps_to_its_rate(start_server):
+    from twin.workloads.transfer import copy_state
+
+    size = 3 * 1024 * 1024
+    src = start_server("drive-assist", "sensor-fusion-mlp", "fuk", "--state-size", str(size))
+    dst = start_server("drive-assist", "sensor-fusion-mlp", "osa", "--state-size", str(size))
+    rate = 2 * 1024 * 1024  # bytes/s: the copy cannot take less than 1.5 s
+    paced = copy_state(f"http://127.0.0.1:{src.port}/state", f"http://127.0.0.1:{dst.port}/state", max_rate=rate)
+    assert paced["bytes"] == size
+    assert paced["network_seconds"] >= 0.8 * size / rate
+    # a rate the server cannot take is a 400 naming the header, and nothing moves
+    status, _, body = call(src, "GET", "/state", headers={"X-Max-Rate": "fast"})
+    assert status == 400 and b"X-Max-Rate" in body
+
+
 def test_bad_requests_get_clear_statuses(start_server):
     server = start_server("drive-assist", "sensor-fusion-mlp")
     assert call(server, "GET", "/nope")[0] == 404
@@ -238,6 +253,42 @@ def test_loadgen_records_every_request(start_server, tmp_path):
     assert json.loads(call(server, "GET", "/stats")[2])["served"] == result.sent
     # Open loop: sends follow the Poisson schedule, not the answers.
     assert rows and max(r.send_unix for r in rows) - min(r.send_unix for r in rows) > 2.0
+
+
+def test_drain_closes_idle_kept_alive_connections_and_answers_busy_ones_with_close(start_server):
+    import socket
+
+    server = start_server("echo", "echo")
+    request = b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+
+    def answer(sock: socket.socket) -> bytes:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(4096)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(v for k, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
+                          if k.lower() == b"content-length"))
+        while len(body) < length:
+            body += sock.recv(4096)
+        return head
+
+    idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    fresh = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    try:
+        idle.sendall(request)
+        assert b"connection: close" not in answer(idle).lower()  # kept alive
+        status, _, body = call(server, "POST", "/drain")
+        assert status == 200 and json.loads(body)["drained"]
+        # the kept-alive connection, idle when the drain began, is closed by the server:
+        # its client's next request goes to a new connection (steered to the new site)
+        assert idle.recv(100) == b""
+        # a connection that has not sent its first request yet is left alone (refused, not cut)
+        fresh.sendall(request)
+        head = answer(fresh)
+        assert head.startswith(b"HTTP/1.1 503") and b"connection: close" in head.lower()
+    finally:
+        idle.close()
+        fresh.close()
 
 
 def test_loadgen_records_refusals_and_timeouts(start_server, tmp_path):

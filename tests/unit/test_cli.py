@@ -123,7 +123,7 @@ def test_plan_with_scenario_prints_slo_table(capsys):
                  "--scenario", str(REPO / "scenarios" / "spring-day.yaml")]) == 0
     out = capsys.readouterr().out
     assert "Sites meeting each service's latency SLO" in out
-    assert "drive-assist  fuk       12         fuk(1.0) hij(9.0)" in out  # 3 round trips for 16 KiB on a new connection
+    assert "drive-assist  fuk       12         fuk(1.0) hij(6.4) tak(9.8)" in out  # 2 round trips for 16 KiB, kept alive
 
 
 def test_schema_matches_checked_in_files(tmp_path, capsys):

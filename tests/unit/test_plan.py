@@ -97,7 +97,9 @@ def test_slo_feasibility_of_spring_day():
         meets.setdefault((row.service, row.region), set())
         if row.meets:
             meets[(row.service, row.region)].add(row.site)
-    assert meets[("drive-assist", "fuk")] == {"fuk", "hij"}
+    # kept-alive connections: 2 round trips for 16 KiB; Osaka is 13.4 ms away from Fukuoka's users
+    assert meets[("drive-assist", "fuk")] == {"fuk", "hij", "tak"}
+    assert meets[("drive-assist", "fuk")] & meets[("drive-assist", "hij")] == {"fuk", "hij", "tak"}
     assert "hkd" not in meets[("drive-assist", "hij")]
     assert all(len(meets[("farm-images", region)]) == 10 for region in ("hkd", "sdj", "kij", "fuk", "oka"))
     same_site = [r for r in rows if r.region == r.site]
@@ -113,3 +115,26 @@ def test_request_round_trips_follow_tcp_slow_start():
     assert request_round_trips(10 * 1448 + 1) == 3
     assert request_round_trips(30 * 1448) == 3
     assert request_round_trips(30 * 1448 + 1) == 4
+
+
+def test_kept_alive_connections_save_the_handshake_only():
+    from twin.model.plan import request_round_trips
+
+    assert request_round_trips(1, keep_alive=True) == 1
+    assert request_round_trips(10 * 1448, keep_alive=True) == 1
+    # an idle connection starts again from the initial window: no credit for a warm one
+    assert request_round_trips(16 * 1024, keep_alive=True) == 2
+    for size in (1, 16 * 1024, 200_000, 5_000_000):
+        assert request_round_trips(size) == request_round_trips(size, keep_alive=True) + 1
+
+
+def test_service_connection_kind_changes_feasibility():
+    from twin.model.plan import expected_latency_s
+
+    scenario, _ = load_scenario(REPO / "scenarios" / "spring-day.yaml")
+    drive = next(s for s in scenario.services if s.id == "drive-assist")
+    assert drive.connection == "keep-alive"
+    fresh = drive.model_copy(update={"connection": "per-request"})
+    rtt = 2.68e-3  # Fukuoka - Hiroshima
+    assert expected_latency_s(rtt, drive) == pytest.approx(2 * rtt + drive.service_time)
+    assert expected_latency_s(rtt, fresh) == pytest.approx(3 * rtt + drive.service_time)

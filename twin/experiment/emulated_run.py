@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import json
 import logging
 import platform
 import signal
@@ -57,6 +58,11 @@ log = logging.getLogger(__name__)
 MARGIN_LOW, MARGIN_HIGH = 0.4, 1.6
 PROBE_COUNT, PROBE_RATE = 200, 1000.0
 LOAD_TIMEOUT_S = 5.0
+# Clients start this many wall seconds before the scenario clock: the day is a
+# slice of a running system, so its first requests should not pay for cold
+# connections and flow caches. Warm-up requests are counted in summary.json
+# ("warm_up") and kept out of every statistic of the day.
+LOAD_WARMUP_S = 3.0
 
 
 def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: str = "make-before-break",
@@ -199,8 +205,8 @@ async def _drive(scenario, topology, signals, model, runtime, fleet, compression
         policy = make_policy(scenario.policy, oracle_plan=model.oracle_plan)
     await runtime.deploy_all()
     duration_wall = scenario.duration / compression
-    start_unix = time.time() + 1.0
-    fleet.start(duration_wall, start_at=start_unix)
+    start_unix = time.time() + 1.0 + LOAD_WARMUP_S
+    fleet.start(duration_wall + LOAD_WARMUP_S, start_at=start_unix - LOAD_WARMUP_S)
     clock = ScenarioClock(compression, start_wall=time.monotonic() + (start_unix - time.time()))
     base = TimeBase(start_unix, compression)
 
@@ -308,10 +314,15 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
     run_dir = writer.path
     interval = scenario.policy.decision_interval
     records = {s.id: {} for s in scenario.services}
+    warm_up = {"seconds": LOAD_WARMUP_S, "requests": 0, "failed": 0}
     for path in sorted((run_dir / "load").glob("*.csv")):
         service, region = path.stem.split(".", 1)
         if service in records:
-            records[service][region] = read_requests_csv(path)
+            rows = read_requests_csv(path)
+            day = [r for r in rows if r.send_unix >= base.start_unix]
+            warm_up["requests"] += len(rows) - len(day)
+            warm_up["failed"] += sum(1 for r in rows if r.send_unix < base.start_unix and not r.ok)
+            records[service][region] = day
     all_records = {sid: [r for rs in by_region.values() for r in rs] for sid, by_region in records.items()}
 
     migrations_by_service: dict[str, list[dict]] = {s.id: [] for s in scenario.services}
@@ -363,7 +374,7 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
     writer.write_run(run)
     summary = {
         "format": 1, "scenario": scenario.name, "mode": "emulated", "policy": scenario.policy.name,
-        "migration_strategy": strategy, "wall_seconds": info["wall_seconds"],
+        "migration_strategy": strategy, "wall_seconds": info["wall_seconds"], "warm_up": warm_up,
         "services": {s.id: service_summary(all_records[s.id], slo_ms=s.slo.latency * 1e3,
                                            percentile_pct=s.slo.percentile,
                                            jitter_budget_ms=None if s.slo.jitter is None else s.slo.jitter * 1e3,
@@ -374,8 +385,27 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
                    "static": model.summary["energy"]["static"], "oracle": model.summary["energy"]["oracle"]},
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
+    for sid, connections in _connection_counts(run_dir / "load").items():
+        if sid in summary["services"]:
+            summary["services"][sid].update(connections)
     writer.write_summary(summary)
     writer.close()
     if info.get("load_failures"):
         raise TwinError("load generators failed: " + "; ".join(info["load_failures"]))
     return summary
+
+
+def _connection_counts(load_dir: Path) -> dict[str, dict[str, int]]:
+    """Per service: TCP connections the clients opened, and requests sent again on a new one
+    after a kept-alive connection closed under them (from each generator's closing line)."""
+    out: dict[str, dict[str, int]] = {}
+    for path in sorted(load_dir.glob("*.json")):
+        service = path.stem.split(".", 1)[0]
+        try:
+            line = json.loads(path.read_text().strip().splitlines()[-1])
+        except (ValueError, IndexError, OSError):
+            continue  # a generator that died wrote no line; load_failures says so
+        counts = out.setdefault(service, {"connections": 0, "retried": 0})
+        counts["connections"] += int(line.get("connections", 0))
+        counts["retried"] += int(line.get("retried", 0))
+    return out

@@ -88,21 +88,27 @@ def plan_lightpaths(topology: Topology, pairs: list[tuple[str, str]]) -> list[Pl
     return entries
 
 
-# TCP as the clients use it: a new connection per request, initial window 10 segments
-# of 1448 bytes (RFC 6928), doubling each round trip (slow start).
+# TCP as the clients use it: initial window 10 segments of 1448 bytes (RFC 6928),
+# doubling each round trip (slow start). A kept-alive connection that sat idle
+# longer than its retransmission timeout starts again from the initial window
+# (RFC 5681 section 4.1, Linux's default), so the model counts a reused
+# connection's request from that window too: an upper bound for busy connections.
 TCP_MSS_BYTES = 1448
 TCP_INITIAL_WINDOW = 10
 
 
-def request_round_trips(request_bytes: float) -> int:
-    """Round trips one request costs on a new TCP connection before its answer is back.
+def request_round_trips(request_bytes: float, *, keep_alive: bool = False) -> int:
+    """Round trips one request costs before its answer is back.
 
-    One for the handshake, then the slow-start rounds that carry the request (the
-    last one's half trip out plus the answer's half trip back make one more):
-    ``1 + rounds``. 8 KiB -> 2, 16 KiB -> 3, 200 KB -> 5.
+    The slow-start rounds that carry the request (the last one's half trip out
+    plus the answer's half trip back make one more), plus one for the handshake
+    on a new connection: 8 KiB -> 2, 16 KiB -> 3, 200 KB -> 5. On a kept-alive
+    connection there is no handshake: 8 KiB -> 1, 16 KiB -> 2.
 
     >>> [request_round_trips(n) for n in (100, 14480, 16384, 200_000)]
     [2, 2, 3, 5]
+    >>> [request_round_trips(n, keep_alive=True) for n in (100, 14480, 16384, 200_000)]
+    [1, 1, 2, 4]
     """
     segments = max(1, -(-int(request_bytes) // TCP_MSS_BYTES))
     rounds, window, sent = 0, TCP_INITIAL_WINDOW, 0
@@ -110,12 +116,17 @@ def request_round_trips(request_bytes: float) -> int:
         sent += window
         window *= 2
         rounds += 1
-    return 1 + rounds
+    return rounds if keep_alive else 1 + rounds
+
+
+def service_round_trips(service) -> int:
+    """:func:`request_round_trips` of one of ``service``'s requests, on its kind of connection."""
+    return request_round_trips(service.request_size, keep_alive=service.connection == "keep-alive")
 
 
 def expected_latency_s(rtt_s: float, service) -> float:
     """What a client of ``service`` waits at ``rtt_s`` round-trip time: round trips + service time."""
-    return rtt_s * request_round_trips(service.request_size) + service.service_time
+    return rtt_s * service_round_trips(service) + service.service_time
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ def slo_feasibility(scenario: Scenario, topology: Topology) -> list[SloFeasibili
     """For each service, user region and candidate site: network round trips + service time vs budget.
 
     The network part is the round trip over the fastest lightpath route, times the
-    round trips a request costs on a new TCP connection (:func:`request_round_trips`); the same
+    round trips a request costs on the service's kind of connection (:func:`service_round_trips`); the same
     site as the region costs no fibre. Measured latencies later correct this.
     """
     network = OpticalNetwork(topology)

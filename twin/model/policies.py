@@ -45,7 +45,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from twin.errors import TwinError
-from twin.model.plan import request_round_trips, slo_feasibility
+from twin.model.plan import service_round_trips, slo_feasibility
 from twin.model.schema import Policy as PolicyConfig
 from twin.model.schema import Service, Topology
 
@@ -120,7 +120,7 @@ def feasible_from_rtt(service: Service, sites: Sequence[str], rtt_ms: Mapping[tu
     overrides = rtt_overrides_ms or {}
     budget_ms = service.slo.latency * 1e3
     service_ms = service.service_time * 1e3
-    trips = request_round_trips(service.request_size)  # a request on a new TCP connection
+    trips = service_round_trips(service)
     feasible = set()
     for site in sites:
         ok = True

@@ -192,6 +192,9 @@ class Service(Strict):
     response_size: Size
     state_size: Size = 0.0
     service_time: Duration = Field(description="expected compute time per request (model-only runs)")
+    connection: Literal["per-request", "keep-alive"] = Field(
+        "per-request", description="per-request: a new TCP connection per request (handshake included); "
+                                   "keep-alive: clients reuse their connections")
     cpus: float = Field(1.0, gt=0, le=64)
     memory: Size = 512 * 1024**2
     initial_site: SiteId
@@ -214,6 +217,12 @@ class Policy(Strict):
     migration_cost: float = Field(0.0, ge=0)
 
 
+class Migration(Strict):
+    """How the emulated runtime moves a service's state."""
+
+    max_rate: Rate | None = Field(None, ge=8000, description="pace each state copy at most this rate, at least 8kbit (unset: line rate)")
+
+
 class Event(Strict):
     at: Duration
     kind: Literal["fibre-cut", "fibre-repair", "site-down", "site-up"]
@@ -231,6 +240,7 @@ class Scenario(Strict):
     services: list[Service] = Field(min_length=1)
     power: dict[SiteId, PowerSignal] = Field(default_factory=dict)
     policy: Policy = Policy()
+    migration: Migration = Migration()
     events: list[Event] = Field(default_factory=list)
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 from twin.errors import NoPathError
 from twin.model import energy
-from twin.model.plan import request_round_trips
+from twin.model.plan import service_round_trips
 from twin.model.optics import OpticalNetwork
 from twin.model.policies import (
     Decision,
@@ -104,7 +104,7 @@ class _Worlds:
         feasible = {svc.id: feasible_from_rtt(svc, self.sites, pairs) for svc in self.scenario.services}
         latency = {}
         for svc in self.scenario.services:
-            rows = rtt[[self.index[d.region] for d in svc.demand]] * request_round_trips(svc.request_size)
+            rows = rtt[[self.index[d.region] for d in svc.demand]] * service_round_trips(svc)
             worst = rows.max(axis=0) + svc.service_time * 1e3
             latency[svc.id] = {s: float(worst[i]) for i, s in enumerate(self.sites) if math.isfinite(worst[i])}
         usable = {sid: sorted(s for s in sites if s not in down) for sid, sites in feasible.items()}
@@ -323,8 +323,8 @@ def _latency_tables(run: PolicyRun, scenario: Scenario, worlds: _Worlds, n_slots
         site_seconds = np.bincount(seg_site, weights=seg_len, minlength=len(worlds.sites))
         for demand in service.demand:
             r = index[demand.region]
-            # the network part of a request: its round trips on a new TCP connection
-            rtt = rtt_all[seg_world, r, seg_site] * request_round_trips(service.request_size)
+            # the network part of a request: its round trips on its kind of connection
+            rtt = rtt_all[seg_world, r, seg_site] * service_round_trips(service)
             ok = ~down_all[seg_world, seg_site] & np.isfinite(rtt)
             served_s = np.where(ok, seg_len, 0.0)
             failed_s = seg_len - served_s

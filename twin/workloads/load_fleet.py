@@ -69,10 +69,13 @@ class LoadFleet:
                         "--seed", str(self.seed * 1000 + index * 37 + n), "--start-at", f"{start_at:.6f}"]
                 if service.state_size > 0 and service.model == "sensor-fusion-mlp":
                     args += ["--sessions", "16"]  # vehicles: the stateful service keeps per-session tracks
+                if service.connection == "keep-alive":
+                    args.append("--keep-alive")
                 # Clients run beside the workloads, off the emulated network's CPU (TwinSession.cpu_plan).
                 cpus = self.session.workload_cpus
-                with open(out.with_suffix(".log"), "wb") as errors:  # a pipe could fill and block it
-                    process = subprocess.Popen(in_host(pid, args), stdout=subprocess.DEVNULL,
+                # files, not pipes: a pipe could fill and block it. stdout is its closing JSON line.
+                with open(out.with_suffix(".log"), "wb") as errors, open(out.with_suffix(".json"), "wb") as result:
+                    process = subprocess.Popen(in_host(pid, args), stdout=result,
                                                stderr=errors, start_new_session=True,
                                                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
                 self.session.record.add_process(process.pid, f"loadgen {service.id} {demand.region}")

@@ -12,13 +12,21 @@ or in-process with :func:`run_load`.
   a seeded Poisson process and each request is sent at its absolute time, in
   its own task; a slow or lost answer never delays the next send. How late the
   sends were against the schedule is measured (``LoadResult.lateness_us``).
-- **One TCP connection per request** (``Connection: close``): the twin steers a
-  service's traffic per connection (the controller re-points a virtual IP for
-  new flows), so a kept-alive connection would pin a client to the old site
-  after a migration, and a new connection per request is what lets the
-  clients see the switch. The latency includes the TCP handshake. The client
+- **Connections.** By default one TCP connection per request
+  (``Connection: close``); the latency includes the TCP handshake. The client
   waits for the server's FIN so the TIME_WAIT state stays on the server's side
   and a long run does not exhaust the client's ephemeral ports.
+  With ``--keep-alive`` the region's clients keep connections open, as
+  vehicles hold a long-lived session to their service: a request takes an idle
+  connection (the most recently used, whose congestion window is warmest) or
+  opens one when all are busy. The twin steers a service per connection (the
+  controller re-points a virtual IP for new connections only), so after a
+  migration a kept-alive connection still reaches the old site until that
+  instance, draining, closes it after its next answer or, idle, at once; the
+  next request then opens a connection to the new site. A request sent on a
+  reused connection that the server closed meanwhile (no byte of an answer
+  came back) is sent again once on a new connection, as HTTP clients do; its
+  latency counts from the first send (``LoadResult.retried`` counts them).
 - **Every request is a row** of the CSV (``send_unix,region,site,instance,
   latency_ms,service_time_us,outcome,status``), written when it completes and
   flushed at least twice a second; ``outcome`` is ``ok`` (HTTP 200), ``timeout``
@@ -73,6 +81,7 @@ class LoadConfig:
     seed: int = 0
     sessions: int = 0  # 0: no X-Session header
     start_at_unix: float | None = None
+    keep_alive: bool = False  # reuse connections (see the module docstring)
 
     def check(self) -> LoadConfig:
         """Raises LoadError/ProtocolError naming the bad option and the fix."""
@@ -106,6 +115,8 @@ class LoadResult:
     wall_s: float
     cpu_s: float  # CPU time of this process during the run (the generator's own overhead)
     outcomes: dict[str, int] = field(default_factory=dict)
+    connections: int = 0  # TCP connections opened
+    retried: int = 0  # requests sent again after a reused connection was closed under them
 
 
 def parse_target(target: str) -> tuple[str, int]:
@@ -165,36 +176,53 @@ class _Writer:
             self._fh = None
 
 
-class _Exchange(asyncio.Protocol):
-    """One request/response on a fresh connection, on the bare protocol API.
+class _Unanswered(ConnectionError):
+    """The connection closed before any byte of the answer came back."""
+
+
+class _Connection(asyncio.Protocol):
+    """A client connection carrying one request at a time, on the bare protocol API.
 
     asyncio streams cost about twice the CPU per connection (reader, writer and
     their protocol per request); at 1,000 requests/s that is the generator's
-    whole budget. The answer is complete at the last body byte (``answer``);
-    ``closed`` resolves when the server's FIN arrives (``Connection: close``),
-    so the TIME_WAIT state stays on the server's side.
+    whole budget. :meth:`begin` sends a request; ``answer`` resolves at the last
+    body byte with the latency in ms. ``closed`` resolves when the connection is
+    gone (after ``Connection: close``, at the server's FIN, so the TIME_WAIT
+    state stays on the server's side).
     """
 
-    def __init__(self, payload: tuple[bytes, ...], t0: float, loop: asyncio.AbstractEventLoop):
-        self.payload = payload
-        self.t0 = t0
-        self.answer: asyncio.Future = loop.create_future()
-        # A request that timed out before its connection existed never awaits the
-        # answer; read its outcome here so asyncio does not warn about it.
-        self.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future = loop.create_future()
+        self.answer: asyncio.Future | None = None
+        self.answered = 0  # exchanges completed on this connection
+        self.reusable = False  # the last answer left the connection open for another request
+        self.lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def begin(self, payload: tuple[bytes, ...], t0: float) -> asyncio.Future:
+        self.t0 = t0
         self.buf = bytearray()
         self.need = -1
         self.status = 0
         self.headers: dict[str, str] = {}
-        self.transport: asyncio.Transport | None = None
+        self.reusable = False
+        self.answer = self.loop.create_future()
+        # A request that timed out never awaits its answer; read the outcome here
+        # so asyncio does not warn about it.
+        self.answer.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self.transport.writelines(payload)
+        return self.answer
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
-        transport.writelines(self.payload)
+    def _pending(self) -> bool:
+        return self.answer is not None and not self.answer.done()
 
     def data_received(self, data: bytes) -> None:
-        if self.answer.done():
+        if not self._pending():
+            self._fail(ConnectionError("bytes from the server with no request outstanding"))
             return
         self.buf += data
         if self.need < 0:
@@ -216,40 +244,99 @@ class _Exchange(asyncio.Protocol):
             except ValueError as err:
                 self._fail(err)
                 return
-        if len(self.buf) >= self.need:
+        if len(self.buf) > self.need:
+            self._fail(ConnectionError("more bytes than the answer's Content-Length"))
+        elif len(self.buf) == self.need:
+            self.answered += 1
+            self.reusable = not self.lost and self.headers.get("connection", "").lower() != "close"
             self.answer.set_result((time.perf_counter() - self.t0) * 1000.0)
 
     def _fail(self, err: BaseException) -> None:
-        if not self.answer.done():
+        self.reusable = False
+        if self._pending():
             self.answer.set_exception(err)
         if self.transport is not None:
             self.transport.abort()
 
+    def _gone(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.reusable = False
+        if self._pending():
+            if self.buf:
+                self.answer.set_exception(exc or ConnectionError("connection closed before the full answer"))
+            else:
+                self.answer.set_exception(_Unanswered(f"connection closed before an answer ({exc or 'FIN'})"))
+
     def eof_received(self):
-        if not self.answer.done():
-            self.answer.set_exception(ConnectionError("connection closed before the full answer"))
+        self._gone(None)
         return False  # close our side too
 
     def connection_lost(self, exc) -> None:
-        if not self.answer.done():
-            self.answer.set_exception(exc or ConnectionError("connection lost before the full answer"))
+        self._gone(exc)
         if not self.closed.done():
             self.closed.set_result(None)
 
 
-async def _request(config: LoadConfig, head: bytes, body: bytes) -> tuple[int, dict[str, str], float, _Exchange]:
-    """One request on its own connection: (status, headers, latency ms, exchange). Raises on any failure."""
-    loop = asyncio.get_running_loop()
+class _Pool:
+    """The region's open connections to one target; the most recently used is reused first."""
+
+    MAX_IDLE = 64
+
+    def __init__(self, host: str, port: int, keep_alive: bool):
+        self.host, self.port, self.keep_alive = host, port, keep_alive
+        self.idle: list[_Connection] = []
+        self.opened = 0
+        self.retried = 0
+
+    async def open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        conn = _Connection(loop)
+        self.opened += 1
+        await loop.create_connection(lambda: conn, self.host, self.port)
+        return conn
+
+    def take_idle(self) -> _Connection | None:
+        while self.idle:
+            conn = self.idle.pop()
+            if conn.reusable:
+                return conn
+        return None
+
+    def give_back(self, conn: _Connection) -> None:
+        if self.keep_alive and conn.reusable and len(self.idle) < self.MAX_IDLE:
+            self.idle.append(conn)
+
+    def close(self) -> None:
+        for conn in self.idle:
+            if conn.transport is not None:
+                conn.transport.close()
+        self.idle.clear()
+
+
+async def _request(pool: _Pool, head: bytes, body: bytes) -> tuple[int, dict[str, str], float, _Connection]:
+    """One request on a reused or new connection: (status, headers, latency ms, connection).
+
+    Raises on any failure; the connection it used is then aborted, never reused.
+    """
+    payload = (head, body) if body else (head,)
     t0 = time.perf_counter()
-    exchange = _Exchange((head, body) if body else (head,), t0, loop)
+    conn = pool.take_idle()
     try:
-        await loop.create_connection(lambda: exchange, config.host, config.port)
-        latency_ms = await exchange.answer
+        if conn is not None:
+            try:
+                latency_ms = await conn.begin(payload, t0)
+                return conn.status, conn.headers, latency_ms, conn
+            except _Unanswered:
+                # The server closed this idle connection as the request went out (it
+                # drained, or stopped): nothing was served, so send it again on a new one.
+                pool.retried += 1
+        conn = await pool.open()
+        latency_ms = await conn.begin(payload, t0)
+        return conn.status, conn.headers, latency_ms, conn
     except BaseException:
-        if exchange.transport is not None:
-            exchange.transport.abort()
+        if conn is not None and conn.transport is not None:
+            conn.transport.abort()
         raise
-    return exchange.status, exchange.headers, latency_ms, exchange
 
 
 async def run_load(config: LoadConfig, out: Path | str | None = None, *, stop: asyncio.Event | None = None,
@@ -275,6 +362,7 @@ async def run_load(config: LoadConfig, out: Path | str | None = None, *, stop: a
     pick = random.Random(config.seed + 1)
     offsets = arrival_offsets(config.rate_per_s, config.duration_s, config.seed)
     stop = stop or asyncio.Event()
+    pool = _Pool(config.host, config.port, config.keep_alive)
 
     def record(rec: RequestRecord) -> None:
         outcomes[rec.outcome] += 1
@@ -290,7 +378,7 @@ async def run_load(config: LoadConfig, out: Path | str | None = None, *, stop: a
         status = None
         try:
             async with asyncio.timeout(config.timeout_s):
-                status, headers, latency_ms, exchange = await _request(config, head, body)
+                status, headers, latency_ms, conn = await _request(pool, head, body)
         except TimeoutError:
             record(RequestRecord(send_unix, config.region, "", "", None, None, "timeout", status))
             return
@@ -303,10 +391,12 @@ async def run_load(config: LoadConfig, out: Path | str | None = None, *, stop: a
         except Exception:  # reset, malformed answer, unreachable: an outcome, never a lost row
             record(RequestRecord(send_unix, config.region, "", "", None, None, "error", None))
             return
-        if not exchange.closed.done():
+        if conn.reusable and config.keep_alive:
+            pool.give_back(conn)
+        elif not conn.closed.done():
             # Let the server close first (its FIN closes our side: TIME_WAIT stays
             # there); a server that keeps the connection open is cut after the timeout.
-            loop.call_later(config.timeout_s, exchange.transport.abort)
+            loop.call_later(config.timeout_s, conn.transport.abort)
         svc = headers.get(proto.H_SERVICE_TIME_US.lower(), "")
         outcome = "ok" if status == 200 else "refused" if status == 503 else "error"
         record(RequestRecord(send_unix, config.region, headers.get(proto.H_SITE.lower(), ""),
@@ -315,7 +405,9 @@ async def run_load(config: LoadConfig, out: Path | str | None = None, *, stop: a
 
     base_head = (f"POST /infer HTTP/1.1\r\nHost: {config.host}:{config.port}\r\n"
                  f"Content-Length: {config.request_size}\r\n{proto.H_RESPONSE_SIZE}: {config.response_size}\r\n"
-                 f"{proto.H_SERVICE}: {config.service}\r\nConnection: close\r\n")
+                 f"{proto.H_SERVICE}: {config.service}\r\n")
+    if not config.keep_alive:
+        base_head += "Connection: close\r\n"
     in_flight: set[asyncio.Task] = set()
     flusher = loop.create_task(writer.flush_forever())
     cpu0 = time.process_time()
@@ -350,8 +442,10 @@ async def run_load(config: LoadConfig, out: Path | str | None = None, *, stop: a
     finally:
         flusher.cancel()
         writer.close()
+        pool.close()
     return LoadResult(records=records, sent=sent, lateness_us=lateness_us, started_unix=started_unix,
-                      wall_s=loop.time() - t_start, cpu_s=time.process_time() - cpu0, outcomes=outcomes)
+                      wall_s=loop.time() - t_start, cpu_s=time.process_time() - cpu0, outcomes=outcomes,
+                      connections=pool.opened, retried=pool.retried)
 
 
 async def _sleep_or_stop(stop: asyncio.Event, delay_s: float) -> bool:
@@ -385,6 +479,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of arrivals, bodies and sessions (default 0)")
     p.add_argument("--sessions", type=int, default=0, help="spread requests over K sessions (X-Session)")
     p.add_argument("--start-at", type=float, default=None, help="Unix time of the schedule's start")
+    p.add_argument("--keep-alive", action="store_true",
+                   help="reuse connections between requests (default: a new connection per request)")
     return p
 
 
@@ -414,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         config = LoadConfig(host=host, port=port, rate_per_s=args.rate, duration_s=args.duration,
                             request_size=args.request_size, response_size=args.response_size,
                             region=args.region, service=args.service, timeout_s=args.timeout,
-                            seed=args.seed, sessions=args.sessions, start_at_unix=args.start_at).check()
+                            seed=args.seed, sessions=args.sessions, start_at_unix=args.start_at,
+                            keep_alive=args.keep_alive).check()
         latencies_ms: list[float] = []
         result = asyncio.run(_main_async(config, args.out, latencies_ms))
     except TwinError as err:
@@ -425,7 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps({"sent": result.sent, "outcomes": result.outcomes,
                       "p50_ms": percentile(latencies_ms, 50.0), "p99_ms": percentile(latencies_ms, 99.0),
-                      "cpu_s": round(result.cpu_s, 3), "out": str(args.out)}))
+                      "cpu_s": round(result.cpu_s, 3), "connections": result.connections,
+                      "retried": result.retried, "out": str(args.out)}))
     return 0
 
 

@@ -37,9 +37,12 @@ H_SERVICE = "X-Service"
 H_INSTANCE = "X-Instance"
 H_SERVICE_TIME_US = "X-Service-Time-Us"
 H_SERVICE_CPU_US = "X-Service-Cpu-Us"
+H_MAX_RATE = "X-Max-Rate"  # GET /state: pace the answer at most this many bytes/s
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_SESSION_ID_CHARS = 128
+MIN_PACING_BYTES_PER_S = 1000  # below this a 4 MiB state would take over an hour: a unit mistake
+MAX_PACING_BYTES_PER_S = 2**32 - 1  # the kernel's SO_MAX_PACING_RATE is a u32 on 64-bit too
 
 # Same rule as twin.model.schema (ids reach process and interface names); kept
 # here so the server does not pull in pydantic at start-up.
@@ -97,6 +100,20 @@ def parse_response_size(value: str | None) -> int:
     if not 0 <= size <= MAX_RESPONSE_BYTES:
         raise ProtocolError(f"{H_RESPONSE_SIZE} {size} is out of range; use 0..{MAX_RESPONSE_BYTES}")
     return size
+
+
+def parse_max_rate(value: str | None) -> int:
+    """``X-Max-Rate`` in bytes/s; absent or empty means 0 (unpaced)."""
+    if value is None or value == "":
+        return 0
+    try:
+        rate = int(value)
+    except ValueError:
+        raise ProtocolError(f"{H_MAX_RATE} {value[:20]!r} is not an integer; send bytes per second") from None
+    if not MIN_PACING_BYTES_PER_S <= rate <= MAX_PACING_BYTES_PER_S:
+        raise ProtocolError(f"{H_MAX_RATE} {rate} is out of range; use {MIN_PACING_BYTES_PER_S}.."
+                            f"{MAX_PACING_BYTES_PER_S} bytes/s")
+    return rate
 
 
 # --------------------------------------------------------------------------- request -> model input

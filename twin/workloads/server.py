@@ -34,6 +34,7 @@ import logging
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -59,6 +60,7 @@ MAX_SESSIONS = 10_000  # oldest sessions are forgotten beyond this (bounded memo
 STATE_FILE = "state.bin"
 WARMUP_RUNS = 3
 _READ_CHUNK = 1 << 20
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; Python 3.11 does not name it
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error",
@@ -239,6 +241,7 @@ class InferenceServer:
         self.started_unix = time.time()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._kept_idle: set[asyncio.StreamWriter] = set()  # kept-alive connections between requests
         self._server: asyncio.base_events.Server | None = None
         self._executor = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="infer")
         self._stopping: asyncio.Task | None = None
@@ -284,6 +287,11 @@ class InferenceServer:
     async def drain(self) -> int:
         """Refuse new requests and wait for the in-flight ones; returns how many it waited for."""
         self.draining = True
+        # Kept-alive connections with no request under way would otherwise bring their
+        # next request here, to be refused: close them now, so their clients open a new
+        # connection (steered to the new site) for it.
+        for writer in list(self._kept_idle):
+            writer.close()
         waited_for = self.in_flight
         await self._idle.wait()
         return waited_for
@@ -313,14 +321,22 @@ class InferenceServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             keep_alive = True
+            served = 0
             while keep_alive:
+                if served:
+                    if self.draining:
+                        return  # answered with Connection: close already
+                    self._kept_idle.add(writer)
                 try:
                     head = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.IncompleteReadError:
-                    return  # the client closed between requests
+                    return  # the client closed between requests (or the drain closed it)
                 except asyncio.LimitOverrunError:
                     await self._send(writer, 400, _error_body("request headers exceed 64 KiB"), close=True)
                     return
+                finally:
+                    self._kept_idle.discard(writer)
+                served += 1
                 try:
                     method, path, version, headers = _parse_head(head)
                 except _BadRequest as err:
@@ -375,7 +391,7 @@ class InferenceServer:
             self.draining = False
             await self._send_json(writer, 200, {"draining": False}, keep_alive)
         elif method == "GET":
-            await self._export(writer, keep_alive)
+            await self._export(headers, writer, keep_alive)
         else:
             await self._import(headers, reader, writer, keep_alive)
         return keep_alive
@@ -425,7 +441,14 @@ class InferenceServer:
             if self.in_flight == 0:
                 self._idle.set()
 
-    async def _export(self, writer, keep_alive: bool) -> None:
+    async def _export(self, headers, writer, keep_alive: bool) -> None:
+        try:
+            max_rate = proto.parse_max_rate(headers.get(proto.H_MAX_RATE.lower()))
+        except proto.ProtocolError as err:
+            await self._send(writer, 400, _error_body(str(err)), close=not keep_alive)
+            return
+        if max_rate:
+            _pace(writer, max_rate)
         loop = asyncio.get_running_loop()
         total, natural, pieces = await loop.run_in_executor(self._executor, self.service.export_state)
         head = _head(200, total, "application/octet-stream", not keep_alive, self._common_headers(
@@ -496,6 +519,17 @@ class InferenceServer:
 
     async def _send_json(self, writer, status: int, obj: dict, keep_alive: bool) -> None:
         await self._send(writer, status, json.dumps(obj, sort_keys=True).encode(), close=not keep_alive)
+
+
+def _pace(writer, bytes_per_s: int) -> None:
+    """Cap this connection's send rate in the kernel (TCP pacing, no qdisc needed).
+
+    A state copy at line rate is a burst the emulated data plane shares with every
+    other service's packets; paced, it is a steady stream of the asked rate.
+    """
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, bytes_per_s)
 
 
 def _announce(event: dict) -> None:

@@ -234,9 +234,11 @@ class EmulatedRuntime:
     def _copy_state(self, state: ServiceState, src: str, dst: str) -> dict:
         self._ensure_lightpath(src, dst)
         src_ip = self.session.network.host_ip(src, ad.COMPUTE)
+        max_rate = self.scenario.migration.max_rate
         proc = self._in_site(dst, [self.python, "-m", "twin.workloads.transfer",
                                    "--src", f"http://{src_ip}:{state.port}/state",
-                                   "--dst", f"http://127.0.0.1:{state.port}/state"], timeout_s=600)
+                                   "--dst", f"http://127.0.0.1:{state.port}/state",
+                                   "--max-rate", str(int(max_rate / 8) if max_rate else 0)], timeout_s=600)
         try:
             result = json.loads(proc.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):

@@ -5,6 +5,11 @@ so that the bytes cross the emulated network on the path between the two sites:
 the source is addressed by its APN address, the destination by loopback. The
 body is streamed in 64 KiB chunks, never held whole in memory. Prints one JSON
 line: bytes moved and the time of the whole copy and of the network part.
+
+``--max-rate`` asks the source to pace the answer (``X-Max-Rate``, TCP pacing in
+the source's kernel): the copy then shares the emulated data plane with the
+services' own traffic instead of flooding it, as operators cap migration
+bandwidth on a production network.
 """
 
 from __future__ import annotations
@@ -27,13 +32,16 @@ def _connect(url: str, timeout_s: float) -> tuple[http.client.HTTPConnection, st
     return conn, parts.path or "/"
 
 
-def copy_state(src_url: str, dst_url: str, *, timeout_s: float = 120.0) -> dict:
-    """Stream the state from ``src_url`` into ``dst_url``; raise OSError/RuntimeError on failure."""
+def copy_state(src_url: str, dst_url: str, *, timeout_s: float = 120.0, max_rate: int = 0) -> dict:
+    """Stream the state from ``src_url`` into ``dst_url``; raise OSError/RuntimeError on failure.
+
+    ``max_rate``: bytes/s the source may send at most (0: unpaced).
+    """
     t0 = time.monotonic()
     src, src_path = _connect(src_url, timeout_s)
     dst, dst_path = _connect(dst_url, timeout_s)
     try:
-        src.request("GET", src_path)
+        src.request("GET", src_path, headers={"X-Max-Rate": str(max_rate)} if max_rate else {})
         response = src.getresponse()
         if response.status != 200:
             raise RuntimeError(f"GET {src_url}: HTTP {response.status} {response.read(200)!r}")
@@ -70,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--src", required=True, help="state URL of the source instance")
     parser.add_argument("--dst", required=True, help="state URL of the destination instance")
     parser.add_argument("--timeout", type=float, default=120.0, help="socket timeout in seconds")
+    parser.add_argument("--max-rate", type=int, default=0, help="bytes/s the source may send at most (0: unpaced)")
     args = parser.parse_args(argv)
+    if args.max_rate < 0:
+        parser.error(f"--max-rate {args.max_rate} must be >= 0 bytes/s")
     try:
-        result = copy_state(args.src, args.dst, timeout_s=args.timeout)
+        result = copy_state(args.src, args.dst, timeout_s=args.timeout, max_rate=args.max_rate)
     except (OSError, RuntimeError, ValueError) as err:
         print(json.dumps({"error": str(err)}))
         return 1
