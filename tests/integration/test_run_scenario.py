@@ -87,6 +87,11 @@ def test_migrations_happened_and_lost_no_request(runs):
     assert fusion["migrations"] == len(migrations) and fusion["failed_by_migration"] == 0
     answered_by = {row["site"] for row in load(run_dir, "requests/fusion.csv") if row["outcome"] == "ok"}
     assert answered_by == {"fuk", "osa"}  # the answering site changed
+    # fusion's clients keep their connections: after each move they reach the new site
+    # only because the drain closed their old ones, and nothing was lost on the way
+    assert 0 < fusion["connections"] < fusion["requests"] / 10
+    assert summary["services"]["assist"]["connections"] >= summary["services"]["assist"]["requests"]
+    assert summary["warm_up"]["requests"] > 0 and summary["warm_up"]["failed"] == 0
     # the latency-critical service never left the only site that meets its budget
     assert {row["site"] for row in load(run_dir, "placements.csv") if row["service"] == "assist"} == {"fuk"}
 
