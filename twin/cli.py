@@ -173,6 +173,11 @@ def format_run_summary(summary: dict, out: Path) -> str:
                      f"p99 {_ms(s.get('p99_ms'))}, p99.9 {_ms(s.get('p999_ms'))}, "
                      f"SLO {slo.get('latency_ms')} ms @p{slo.get('percentile')} "
                      f"{'met' if s.get('slo_met') else 'MISSED'}, {s.get('migrations', 0)} migrations")
+        regions = s.get("regions") or {}
+        if len(regions) > 1:  # one region's verdict is the service's
+            lines.append("    by users' region: " + "; ".join(
+                f"{region} p{slo.get('percentile')} {_ms(r.get('slo_percentile_ms'))} "
+                f"{'met' if r.get('slo_met') else 'MISSED'}" for region, r in regions.items()))
     energy = summary.get("energy", {})
     for name in ("policy", "static", "oracle"):
         e = energy.get(name)

@@ -65,3 +65,20 @@ def test_service_summary_slo_counts_failures_as_misses():
     assert at_p999["slo_met"] is False  # 2 of 1001 failed: more than 0.1 %
     slow = service_summary(good, slo_ms=1.5, percentile_pct=50.0, jitter_budget_ms=None, migrations=[])
     assert slow["slo_met"] is False
+
+
+def test_service_summary_gives_each_user_region_its_own_verdict():
+    near = [rec(i * 0.01, latency_ms=2.0 + (i % 10) * 0.1, region="fuk") for i in range(1000)]
+    far = [rec(i * 0.01, latency_ms=5.0 + (i % 10) * 0.1, region="hij") for i in range(998)]
+    far += [rec(10.0, latency_ms=30.0, region="hij")] * 2  # two slow answers in a thousand: p99.9 = 30 ms
+    summary = service_summary(near + far, slo_ms=12.0, percentile_pct=99.9, jitter_budget_ms=None, migrations=[])
+    regions = summary["regions"]
+    assert regions["fuk"]["slo_met"] and regions["fuk"]["requests"] == 1000
+    assert regions["fuk"]["p999_ms"] == pytest.approx(2.9)
+    assert not regions["hij"]["slo_met"] and regions["hij"]["slo_percentile_ms"] == 30.0
+    # over both regions the two slow answers are 0.1 %: the whole population's p99.9 hides
+    # that Hiroshima's users miss it, which is why each region has its own verdict
+    assert summary["slo_met"]
+    failed = [rec(20.0 + i, "timeout", region="fuk") for i in range(2)]
+    assert not service_summary(near + failed, slo_ms=12.0, percentile_pct=99.9, jitter_budget_ms=None,
+                               migrations=[])["regions"]["fuk"]["slo_met"]  # 2 failed in 1,002 > 0.1 %

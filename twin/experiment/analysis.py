@@ -99,15 +99,33 @@ def latency_rows(records_by_region: dict[str, Sequence[RequestRecord]], service:
     return rows
 
 
+def _latency_slo(records: list[RequestRecord], slo_ms: float, percentile_pct: float) -> tuple[float | None, bool]:
+    """(latency at the SLO percentile, whether it is in budget counting failures as misses)."""
+    at = percentile([r.latency_ms for r in records if r.ok and r.latency_ms is not None], percentile_pct)
+    ok_share = sum(1 for r in records if r.ok) / len(records) if records else 0.0
+    return at, at is not None and at <= slo_ms and ok_share >= percentile_pct / 100.0
+
+
+def region_summaries(records: Iterable[RequestRecord], slo_ms: float, percentile_pct: float) -> dict[str, dict]:
+    """Per user region: what its users saw, and whether the latency SLO held for them alone."""
+    by_region: dict[str, list[RequestRecord]] = {}
+    for r in records:
+        by_region.setdefault(r.region, []).append(r)
+    out = {}
+    for region, rows in sorted(by_region.items()):
+        s = summarize(rows, slo_ms)
+        at, met = _latency_slo(rows, slo_ms, percentile_pct)
+        out[region] = {"requests": s.requests, "failed": s.failed, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
+                       "p999_ms": s.p999_ms, "slo_percentile_ms": at, "slo_met": bool(met)}
+    return out
+
+
 def service_summary(records: Iterable[RequestRecord], *, slo_ms: float, percentile_pct: float,
                     jitter_budget_ms: float | None, migrations: Sequence[dict]) -> dict:
     """The per-service block of summary.json."""
     records = list(records)
     s = summarize(records, slo_ms)
-    at = percentile([r.latency_ms for r in records if r.ok and r.latency_ms is not None], percentile_pct)
-    # The SLO holds when the percentile is in budget counting failures as misses.
-    ok_share = (s.outcomes.get("ok", 0) / s.requests) if s.requests else 0.0
-    latency_ok = at is not None and at <= slo_ms and ok_share >= percentile_pct / 100.0
+    at, latency_ok = _latency_slo(records, slo_ms, percentile_pct)
     jitter_ok = jitter_budget_ms is None or (s.jitter_p99_p50_ms is not None
                                              and s.jitter_p99_p50_ms <= jitter_budget_ms)
     total = sum(s.sites.values())
@@ -123,4 +141,5 @@ def service_summary(records: Iterable[RequestRecord], *, slo_ms: float, percenti
         "interruption_ms_max": max((float(m.get("interruption_ms") or 0.0) for m in ok_moves), default=0.0),
         "sites": {site: round(n / total, 4) for site, n in sorted(s.sites.items())} if total else {},
         "outcomes": s.outcomes,
+        "regions": region_summaries(records, slo_ms, percentile_pct),
     }

@@ -289,6 +289,29 @@ def _services_table(data: RunData) -> str:
                    "max interruption ms"], rows, "num")
 
 
+def _regions_table(data: RunData) -> str:
+    """Per service and user region (summary.json ``regions``): which users the SLO holds for."""
+    services = data.summary.get("services", {})
+    rows = []
+    for service in data.service_ids:
+        s = services.get(service, {})
+        regions = s.get("regions") if isinstance(s.get("regions"), dict) else {}
+        for region, r in regions.items():
+            if not isinstance(r, dict):
+                continue
+            met = r.get("slo_met")
+            rows.append([esc(service), esc(region), num(r.get("requests"), ","), num(r.get("failed"), ","),
+                         num(r.get("p50_ms")), num(r.get("p99_ms")), num(r.get("p999_ms")),
+                         num(r.get("slo_percentile_ms")),
+                         '<span class="ok">met</span>' if met is True else
+                         '<span class="bad">missed</span>' if met is False else "&ndash;"])
+    if not rows:
+        return ""
+    return ("<h3>By user region</h3>"
+            + _table(["service", "users in", "requests", "failed", "p50 ms", "p99 ms", "p99.9 ms",
+                      "at the SLO percentile ms", "SLO"], rows, "num"))
+
+
 def _energy(data: RunData) -> dict[str, dict[str, float | None]]:
     energy = data.summary.get("energy", {})
     values = {}
@@ -475,7 +498,7 @@ def render_html(data: RunData, plots: dict[str, Path]) -> str:
         "<section><h2>Sites, lightpaths and where the services ran</h2><div class=\"map\">",
         site_map_svg(data, colours),
         "<div>" + _legend(data, colours) + _lightpaths_table(data) + "</div></div></section>",
-        "<section><h2>Services</h2>", _services_table(data), "</section>",
+        "<section><h2>Services</h2>", _services_table(data), _regions_table(data), "</section>",
         "<section><h2>Timelines</h2>", migrate_note,
         _img(plots["latency"], "latency percentiles per service"),
         _img(plots["placements"], "placements over time"),

@@ -315,7 +315,7 @@ def _latency_tables(run: PolicyRun, scenario: Scenario, worlds: _Worlds, n_slots
         seg_site = np.array([index[s.sites[j]] for s in run.segments])
         floor_ms, scale_ms = _service_time_params(service)
         per_region = {}
-        mix_rtt, mix_weight = [], []
+        mix_rtt, mix_weight, region_counts = [], [], []
         requests_total = failed_total = 0
         within = 0.0
         budget_ms = service.slo.latency * 1e3
@@ -353,6 +353,7 @@ def _latency_tables(run: PolicyRun, scenario: Scenario, worlds: _Worlds, n_slots
             }
             mix_rtt.append(slot_rtt[has])
             mix_weight.append(n_ok[has].astype(float))
+            region_counts.append((demand.region, int(n_ok.sum() + n_failed.sum()), int(n_failed.sum())))
             requests_total += int(n_ok.sum() + n_failed.sum())
             failed_total += int(n_failed.sum())
             within += float(np.sum(n_ok[has] * _cdf(budget_ms - slot_rtt[has], floor_ms, scale_ms)))
@@ -360,7 +361,8 @@ def _latency_tables(run: PolicyRun, scenario: Scenario, worlds: _Worlds, n_slots
         mixtures[service.id] = {
             "rtt": np.concatenate(mix_rtt) if mix_rtt else np.zeros(0),
             "weight": np.concatenate(mix_weight) if mix_weight else np.zeros(0),
-            "regions": list(zip(mix_rtt, mix_weight)),
+            "regions": [(region, rtt, weight, requests, failed) for (region, requests, failed), rtt, weight
+                        in zip(region_counts, mix_rtt, mix_weight)],
             "requests": requests_total, "failed": failed_total, "within": within,
             "floor": floor_ms, "scale": scale_ms, "slo_intervals_missed": slo_missed,
             "site_seconds": site_seconds,
@@ -538,9 +540,17 @@ def _service_summary(service: Service, mix: dict, migrations: list[dict], site_i
     # Jitter is what one user region sees (its latency varies as the service moves), not the
     # spread between regions near and far: the worst region is reported.
     jitter_sd = jitter_spread = math.nan
-    for rtt, weight in mix["regions"]:
+    regions = {}
+    for region, rtt, weight, region_requests, region_failed in mix["regions"]:
         if weight.sum() <= 0:
+            regions[region] = {"requests": region_requests, "failed": region_failed, "p50_ms": None,
+                               "p99_ms": None, "p999_ms": None, "slo_percentile_ms": None, "slo_met": False}
             continue
+        q50, q99, q999, q_slo = mixture_quantiles(rtt, weight, floor, scale, (50.0, 99.0, 99.9, slo.percentile))
+        ok_share = (region_requests - region_failed) / region_requests if region_requests else 0.0
+        regions[region] = {"requests": region_requests, "failed": region_failed, "p50_ms": round(q50, 3),
+                           "p99_ms": round(q99, 3), "p999_ms": round(q999, 3), "slo_percentile_ms": round(q_slo, 3),
+                           "slo_met": bool(q_slo <= slo.latency * 1e3 and ok_share >= slo.percentile / 100)}
         mean = float(np.average(rtt, weights=weight))
         var_rtt = float(np.average((rtt - mean) ** 2, weights=weight))
         sd = math.sqrt(scale**2 + var_rtt)
@@ -569,4 +579,5 @@ def _service_summary(service: Service, mix: dict, migrations: list[dict], site_i
         "migrations": len(migrations),
         "interruption_ms_max": max((m["interruption_ms"] for m in migrations), default=0.0),
         "sites": shares,
+        "regions": dict(sorted(regions.items())),
     }

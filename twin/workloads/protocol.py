@@ -41,6 +41,7 @@ H_MAX_RATE = "X-Max-Rate"  # GET /state: pace the answer at most this many bytes
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_SESSION_ID_CHARS = 128
+SO_MAX_PACING_RATE = 47  # Linux socket option; Python's socket module does not name it
 MIN_PACING_BYTES_PER_S = 1000  # below this a 4 MiB state would take over an hour: a unit mistake
 MAX_PACING_BYTES_PER_S = 2**32 - 1  # the kernel's SO_MAX_PACING_RATE is a u32 on 64-bit too
 

@@ -60,7 +60,6 @@ MAX_SESSIONS = 10_000  # oldest sessions are forgotten beyond this (bounded memo
 STATE_FILE = "state.bin"
 WARMUP_RUNS = 3
 _READ_CHUNK = 1 << 20
-SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)  # Linux; Python 3.11 does not name it
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             409: "Conflict", 413: "Content Too Large", 500: "Internal Server Error",
@@ -529,7 +528,7 @@ def _pace(writer, bytes_per_s: int) -> None:
     """
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, bytes_per_s)
+        sock.setsockopt(socket.SOL_SOCKET, proto.SO_MAX_PACING_RATE, bytes_per_s)
 
 
 def _announce(event: dict) -> None:
