@@ -196,7 +196,6 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future = loop.create_future()
         self.answer: asyncio.Future | None = None
-        self.answered = 0  # exchanges completed on this connection
         self.reusable = False  # the last answer left the connection open for another request
         self.lost = False
 
@@ -247,7 +246,6 @@ class _Connection(asyncio.Protocol):
         if len(self.buf) > self.need:
             self._fail(ConnectionError("more bytes than the answer's Content-Length"))
         elif len(self.buf) == self.need:
-            self.answered += 1
             self.reusable = not self.lost and self.headers.get("connection", "").lower() != "close"
             self.answer.set_result((time.perf_counter() - self.t0) * 1000.0)
 
