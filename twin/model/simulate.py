@@ -316,7 +316,6 @@ def _latency_tables(run: PolicyRun, scenario: Scenario, worlds: _Worlds, n_slots
         floor_ms, scale_ms = _service_time_params(service)
         per_region = {}
         mix_rtt, mix_weight, region_counts = [], [], []
-        requests_total = failed_total = 0
         within = 0.0
         budget_ms = service.slo.latency * 1e3
         slo_missed = 0
@@ -354,8 +353,6 @@ def _latency_tables(run: PolicyRun, scenario: Scenario, worlds: _Worlds, n_slots
             mix_rtt.append(slot_rtt[has])
             mix_weight.append(n_ok[has].astype(float))
             region_counts.append((demand.region, int(n_ok.sum() + n_failed.sum()), int(n_failed.sum())))
-            requests_total += int(n_ok.sum() + n_failed.sum())
-            failed_total += int(n_failed.sum())
             within += float(np.sum(n_ok[has] * _cdf(budget_ms - slot_rtt[has], floor_ms, scale_ms)))
         tables[service.id] = per_region
         mixtures[service.id] = {
@@ -363,7 +360,8 @@ def _latency_tables(run: PolicyRun, scenario: Scenario, worlds: _Worlds, n_slots
             "weight": np.concatenate(mix_weight) if mix_weight else np.zeros(0),
             "regions": [(region, rtt, weight, requests, failed) for (region, requests, failed), rtt, weight
                         in zip(region_counts, mix_rtt, mix_weight)],
-            "requests": requests_total, "failed": failed_total, "within": within,
+            "requests": sum(c[1] for c in region_counts), "failed": sum(c[2] for c in region_counts),
+            "within": within,
             "floor": floor_ms, "scale": scale_ms, "slo_intervals_missed": slo_missed,
             "site_seconds": site_seconds,
         }
@@ -554,9 +552,8 @@ def _service_summary(service: Service, mix: dict, migrations: list[dict], site_i
         mean = float(np.average(rtt, weights=weight))
         var_rtt = float(np.average((rtt - mean) ** 2, weights=weight))
         sd = math.sqrt(scale**2 + var_rtt)
-        r50, r99 = mixture_quantiles(rtt, weight, floor, scale, (50.0, 99.0))
         jitter_sd = sd if math.isnan(jitter_sd) else max(jitter_sd, sd)
-        jitter_spread = r99 - r50 if math.isnan(jitter_spread) else max(jitter_spread, r99 - r50)
+        jitter_spread = q99 - q50 if math.isnan(jitter_spread) else max(jitter_spread, q99 - q50)
     requests = mix["requests"]
     goodput = mix["within"] / requests if requests else 0.0
     jitter_ok = slo.jitter is None or (not math.isnan(jitter_spread) and jitter_spread <= slo.jitter * 1e3)

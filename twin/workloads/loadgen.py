@@ -197,7 +197,6 @@ class _Connection(asyncio.Protocol):
         self.closed: asyncio.Future = loop.create_future()
         self.answer: asyncio.Future | None = None
         self.reusable = False  # the last answer left the connection open for another request
-        self.lost = False
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -246,7 +245,7 @@ class _Connection(asyncio.Protocol):
         if len(self.buf) > self.need:
             self._fail(ConnectionError("more bytes than the answer's Content-Length"))
         elif len(self.buf) == self.need:
-            self.reusable = not self.lost and self.headers.get("connection", "").lower() != "close"
+            self.reusable = self.headers.get("connection", "").lower() != "close"
             self.answer.set_result((time.perf_counter() - self.t0) * 1000.0)
 
     def _fail(self, err: BaseException) -> None:
@@ -257,7 +256,6 @@ class _Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _gone(self, exc: BaseException | None) -> None:
-        self.lost = True
         self.reusable = False
         if self._pending():
             if self.buf:
@@ -300,9 +298,12 @@ class _Pool:
                 return conn
         return None
 
-    def give_back(self, conn: _Connection) -> None:
+    def give_back(self, conn: _Connection) -> bool:
+        """Keep ``conn`` for a later request if it can carry one; False: the caller closes it."""
         if self.keep_alive and conn.reusable and len(self.idle) < self.MAX_IDLE:
             self.idle.append(conn)
+            return True
+        return False
 
     def close(self) -> None:
         for conn in self.idle:
@@ -311,8 +312,8 @@ class _Pool:
         self.idle.clear()
 
 
-async def _request(pool: _Pool, head: bytes, body: bytes) -> tuple[int, dict[str, str], float, _Connection]:
-    """One request on a reused or new connection: (status, headers, latency ms, connection).
+async def _request(pool: _Pool, head: bytes, body: bytes) -> tuple[float, _Connection]:
+    """One request on a reused or new connection: (latency ms, the connection with its answer).
 
     Raises on any failure; the connection it used is then aborted, never reused.
     """
@@ -322,15 +323,13 @@ async def _request(pool: _Pool, head: bytes, body: bytes) -> tuple[int, dict[str
     try:
         if conn is not None:
             try:
-                latency_ms = await conn.begin(payload, t0)
-                return conn.status, conn.headers, latency_ms, conn
+                return await conn.begin(payload, t0), conn
             except _Unanswered:
                 # The server closed this idle connection as the request went out (it
                 # drained, or stopped): nothing was served, so send it again on a new one.
                 pool.retried += 1
         conn = await pool.open()
-        latency_ms = await conn.begin(payload, t0)
-        return conn.status, conn.headers, latency_ms, conn
+        return await conn.begin(payload, t0), conn
     except BaseException:
         if conn is not None and conn.transport is not None:
             conn.transport.abort()
@@ -376,7 +375,8 @@ async def run_load(config: LoadConfig, out: Path | str | None = None, *, stop: a
         status = None
         try:
             async with asyncio.timeout(config.timeout_s):
-                status, headers, latency_ms, conn = await _request(pool, head, body)
+                latency_ms, conn = await _request(pool, head, body)
+                status, headers = conn.status, conn.headers
         except TimeoutError:
             record(RequestRecord(send_unix, config.region, "", "", None, None, "timeout", status))
             return
@@ -389,9 +389,7 @@ async def run_load(config: LoadConfig, out: Path | str | None = None, *, stop: a
         except Exception:  # reset, malformed answer, unreachable: an outcome, never a lost row
             record(RequestRecord(send_unix, config.region, "", "", None, None, "error", None))
             return
-        if conn.reusable and config.keep_alive:
-            pool.give_back(conn)
-        elif not conn.closed.done():
+        if not pool.give_back(conn) and not conn.closed.done():
             # Let the server close first (its FIN closes our side: TIME_WAIT stays
             # there); a server that keeps the connection open is cut after the timeout.
             loop.call_later(config.timeout_s, conn.transport.abort)

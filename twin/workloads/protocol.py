@@ -90,31 +90,28 @@ def check_session_id(value: str) -> str:
     return value
 
 
-def parse_response_size(value: str | None) -> int:
-    """``X-Response-Size`` as an int in 0..MAX_RESPONSE_BYTES; absent means 0 (natural size)."""
+def _int_header(name: str, value: str | None, low: int, high: int, what: str, unit: str = "") -> int:
+    """An integer header in low..high; absent or empty means 0."""
     if value is None or value == "":
         return 0
     try:
-        size = int(value)
+        number = int(value)
     except ValueError:
-        raise ProtocolError(f"{H_RESPONSE_SIZE} {value[:20]!r} is not an integer; send a byte count") from None
-    if not 0 <= size <= MAX_RESPONSE_BYTES:
-        raise ProtocolError(f"{H_RESPONSE_SIZE} {size} is out of range; use 0..{MAX_RESPONSE_BYTES}")
-    return size
+        raise ProtocolError(f"{name} {value[:20]!r} is not an integer; send {what}") from None
+    if not low <= number <= high:
+        raise ProtocolError(f"{name} {number} is out of range; use {low}..{high}{unit}")
+    return number
+
+
+def parse_response_size(value: str | None) -> int:
+    """``X-Response-Size`` as an int in 0..MAX_RESPONSE_BYTES; absent means 0 (natural size)."""
+    return _int_header(H_RESPONSE_SIZE, value, 0, MAX_RESPONSE_BYTES, "a byte count")
 
 
 def parse_max_rate(value: str | None) -> int:
     """``X-Max-Rate`` in bytes/s; absent or empty means 0 (unpaced)."""
-    if value is None or value == "":
-        return 0
-    try:
-        rate = int(value)
-    except ValueError:
-        raise ProtocolError(f"{H_MAX_RATE} {value[:20]!r} is not an integer; send bytes per second") from None
-    if not MIN_PACING_BYTES_PER_S <= rate <= MAX_PACING_BYTES_PER_S:
-        raise ProtocolError(f"{H_MAX_RATE} {rate} is out of range; use {MIN_PACING_BYTES_PER_S}.."
-                            f"{MAX_PACING_BYTES_PER_S} bytes/s")
-    return rate
+    return _int_header(H_MAX_RATE, value, MIN_PACING_BYTES_PER_S, MAX_PACING_BYTES_PER_S, "bytes per second",
+                       " bytes/s")
 
 
 # --------------------------------------------------------------------------- request -> model input

@@ -21,6 +21,8 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+from twin.workloads.protocol import H_MAX_RATE
+
 CHUNK = 64 * 1024
 
 
@@ -41,7 +43,7 @@ def copy_state(src_url: str, dst_url: str, *, timeout_s: float = 120.0, max_rate
     src, src_path = _connect(src_url, timeout_s)
     dst, dst_path = _connect(dst_url, timeout_s)
     try:
-        src.request("GET", src_path, headers={"X-Max-Rate": str(max_rate)} if max_rate else {})
+        src.request("GET", src_path, headers={H_MAX_RATE: str(max_rate)} if max_rate else {})
         response = src.getresponse()
         if response.status != 200:
             raise RuntimeError(f"GET {src_url}: HTTP {response.status} {response.read(200)!r}")
