@@ -9,6 +9,7 @@ concurrent ``twin clean`` sees a live run and leaves it alone.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -118,6 +119,39 @@ def test_server_answers_inside_the_namespace_with_limits_enforced(
     pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", container.name],
                              capture_output=True, text=True, check=True).stdout)
     assert os.sched_getaffinity(pid) == {0}  # the cpuset keeps it off the emulated network's CPU
+
+
+def test_realtime_server_runs_fifo_within_the_runs_budget_and_leaves_no_cgroup(
+    workload_image: str, netns_pid: int
+) -> None:
+    """A realtime container: its server obtains SCHED_FIFO at the priority asked, inside the run's
+    realtime budget where the kernel budgets per cgroup; leaving the runtime removes the run cgroup."""
+    from twin.emulation.records import run_cgroups
+
+    record = RunRecord.create()
+    try:
+        with c.ContainerRuntime(record.run_id, record=record) as rt:
+            spec = _server_spec(workload_image, netns_pid, cpus=0.1, rt_priority=4, cpuset=(0,))
+            spec = dataclasses.replace(spec, command=(*spec.command, "--rt-priority", "4"))
+            container = rt.run(spec, ready_url=f"http://127.0.0.1:{PORT}/readyz", timeout_s=60)
+            pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", container.name],
+                                     capture_output=True, text=True, check=True).stdout)
+            server = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])  # under podman's init
+            assert b"twin.workloads.server" in Path(f"/proc/{server}/cmdline").read_bytes()
+            assert os.sched_getscheduler(server) == os.SCHED_FIFO
+            assert os.sched_getparam(server).sched_priority == 4
+            status, body = c.run_in_netns(netns_pid, c.http_get, f"http://127.0.0.1:{PORT}/stats")
+            assert status == 200 and json.loads(body)["scheduling"] == "fifo 4"
+            owned = [path for path, run_id in run_cgroups().items() if run_id == record.run_id]
+            if rt.rt_budget:
+                cpu_dir = next(p for p in owned if (p / "cpu.rt_runtime_us").exists())
+                assert int((cpu_dir / "cpu.rt_runtime_us").read_text()) > 0
+                child = next(d for d in cpu_dir.iterdir() if d.is_dir())
+                assert int((child / "cpu.rt_runtime_us").read_text()) == c.rt_runtime_us(spec) == 10_000
+        assert _podman_names(record.run_id) == []
+        assert [p for p, run_id in run_cgroups().items() if run_id == record.run_id] == []
+    finally:
+        clean_record(record)
 
 
 def test_root_is_read_only_and_state_writable(workload_image: str, netns_pid: int, runtime: c.ContainerRuntime) -> None:

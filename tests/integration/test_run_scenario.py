@@ -91,6 +91,9 @@ def test_migrations_happened_and_lost_no_request(runs):
     # only because the drain closed their old ones, and nothing was lost on the way
     assert 0 < fusion["connections"] < fusion["requests"] / 10
     assert summary["services"]["assist"]["connections"] >= summary["services"]["assist"]["requests"]
+    # The clients, the measuring instrument, ran realtime; fusion's moves started and stopped
+    # realtime containers (their run cgroup is gone: host_state compares it above).
+    assert all(s["client_scheduling"] == ["fifo 5"] for s in summary["services"].values())
     assert summary["warm_up"]["requests"] > 0 and summary["warm_up"]["failed"] == 0
     # the latency-critical service never left the only site that meets its budget
     assert {row["site"] for row in load(run_dir, "placements.csv") if row["service"] == "assist"} == {"fuk"}

@@ -139,6 +139,8 @@ def test_create_args_env_and_mounts(tmp_path: Path) -> None:
         ({"labels": {"Bad": "1"}}, "label"),
         ({"cgroup_parent": "/h1/../../x"}, "cgroup_parent"),
         ({"cgroup_parent": "/h1;x"}, "cgroup_parent"),
+        ({"rt_priority": 0}, "rt_priority"),
+        ({"rt_priority": 99}, "rt_priority"),
         ({"stop_grace_s": -1.0}, "stop_grace_s"),
         ({"cpuset": ()}, "cpuset"),
         ({"cpuset": (-1,)}, "cpuset"),
@@ -163,6 +165,49 @@ def test_missing_mount_source(tmp_path: Path) -> None:
 
 def test_cgroup_parent_passed() -> None:
     assert _value(c.create_args(_spec(cgroup_parent="/h1"), "r1", None), "--cgroup-parent") == ["/h1"]
+
+
+def test_realtime_container_gets_sys_nice_and_its_budget_under_the_runs_cgroup() -> None:
+    args = c.create_args(_spec(rt_priority=4, cpus=0.1), "r1", None, rt_budget=True)
+    assert _value(args, "--cap-add") == ["SYS_NICE"]
+    assert _value(args, "--cgroup-parent") == ["/tw-r1"]
+    assert _value(args, "--cpu-rt-period") == [str(c.RT_PERIOD_US)]
+    assert _value(args, "--cpu-rt-runtime") == [str(int(0.1 * c.RT_PERIOD_US))]
+    # A large service is capped, so instances of a moving service fit the run's budget together.
+    big = c.create_args(_spec(rt_priority=4, cpus=2.0), "r1", None, rt_budget=True)
+    assert _value(big, "--cpu-rt-runtime") == [str(int(c.RT_MAX_SHARE * c.RT_PERIOD_US))]
+    assert 3 * c.RT_MAX_SHARE <= c.RT_RUN_SHARE
+    # Where the kernel does not budget per cgroup (cgroup v2, no RT group scheduling): the capability only.
+    plain = c.create_args(_spec(rt_priority=4), "r1", None, rt_budget=False)
+    assert _value(plain, "--cap-add") == ["SYS_NICE"] and "--cgroup-parent" not in plain
+    assert "--cpu-rt-runtime" not in plain and "--cap-add" not in c.create_args(_spec(), "r1", None)
+
+
+def test_realtime_container_cannot_have_another_cgroup_parent() -> None:
+    with pytest.raises(c.ContainerError, match="leave cgroup_parent unset"):
+        c.create_args(_spec(rt_priority=4, cgroup_parent="/h1"), "r1", None, rt_budget=True)
+
+
+def test_run_cgroups_are_found_by_name_and_removed_deepest_first(tmp_path: Path, monkeypatch) -> None:
+    from twin.emulation import records
+
+    monkeypatch.setattr(records, "CGROUP_ROOT", tmp_path)
+    ours, other = "20261127-165735-b9ad92", "20261127-170000-aaaaaa"
+    for hierarchy in ("cpu,cpuacct", "memory"):
+        (tmp_path / hierarchy / f"tw-{ours}" / "libpod-1").mkdir(parents=True)
+        (tmp_path / hierarchy / f"tw-{other}").mkdir(parents=True)
+    (tmp_path / "cpu").symlink_to("cpu,cpuacct")  # one directory under two names: found once
+    (tmp_path / "memory" / "tw-not-a-run").mkdir()
+    (tmp_path / "memory" / "libpod_parent").mkdir()
+    found = records.run_cgroups()
+    assert sorted(found.values()) == sorted([ours, ours, other, other])
+    assert records.run_cgroup(ours) == f"/tw-{ours}"
+    removed = records.remove_run_cgroups(ours)
+    assert len(removed) == 2 and not (tmp_path / "memory" / f"tw-{ours}").exists()
+    assert (tmp_path / "memory" / f"tw-{other}").is_dir()
+    assert sorted(records.remove_run_cgroups(keep={ours})) == sorted(
+        str((tmp_path / h / f"tw-{other}").resolve()) for h in ("cpu,cpuacct", "memory"))
+    assert (tmp_path / "memory" / "tw-not-a-run").is_dir() and (tmp_path / "memory" / "libpod_parent").is_dir()
 
 
 # --------------------------------------------------------------------------- host facts

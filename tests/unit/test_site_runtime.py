@@ -230,6 +230,29 @@ def test_cpu_weight_follows_the_latency_budget(world):
     assert sr.cpu_shares_for(tight) > sr.cpu_shares_for(service) > sr.cpu_shares_for(loose) >= 2
 
 
+def test_realtime_services_ask_their_server_and_container_for_sched_fifo(world, monkeypatch):
+    runtime, *_ = world
+    state = runtime.services["svc"]
+    assert "--rt-priority" not in runtime._server_args(state, "a")
+    state.service = state.service.model_copy(update={"cpu_priority": "realtime"})
+    args = runtime._server_args(state, "a")
+    assert args[args.index("--rt-priority") + 1] == str(sr.SERVICE_RT_PRIORITY)
+    assert 0 < sr.SERVICE_RT_PRIORITY < sr.LOADGEN_RT_PRIORITY  # the clients measure; they go first
+
+    specs = []
+
+    class Containers:
+        def run(self, spec, **_kw):
+            specs.append(spec)
+            return type("C", (), {"name": spec.name})()
+
+    launcher = sr.PodmanLauncher(Containers(), "localhost/twin-workload:abc")
+    launcher.start(name="n", service=state.service, site="a", netns_pid=1, server_args=args)
+    launcher.start(name="n", service=runtime.services["svc"].service.model_copy(update={"cpu_priority": "normal"}),
+                   site="a", netns_pid=1, server_args=["--port", "8001"])
+    assert [s.rt_priority for s in specs] == [sr.SERVICE_RT_PRIORITY, None]
+
+
 def test_cpu_shares_reach_podman():
     from twin.workloads.containers import ContainerSpec, create_args
 

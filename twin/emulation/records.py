@@ -8,7 +8,9 @@ and the interfaces it made in the root namespace. Mininet hosts live in
 namespaces held by their shell processes, so ending those processes removes the
 namespaces and every veth with an end inside them. Workload containers carry the
 podman label ``twin-run=<run-id>``; their names are recorded before they are
-created, and cleaning removes every container with the run's label.
+created, and cleaning removes every container with the run's label. A run with
+realtime services also owns the cgroup ``tw-<run-id>`` (the parent of those
+containers, holding their realtime CPU budget) in each cgroup v1 hierarchy.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -33,6 +36,56 @@ OVS_TAG = "twin-run"
 # Open_vSwitch table's external_ids (``twin-<key>=<value>``), so the last run to stop, or
 # ``twin clean`` after a kill, can tell a setting the twin made from one an operator made.
 OVS_GLOBAL_KEYS = ("pmd-maxsleep", "pmd-cpu-mask")
+CGROUP_ROOT = Path(os.environ.get("TWIN_CGROUP_ROOT", "/sys/fs/cgroup"))
+# A run's own cgroup: tw-<run id> (the run id format of RunRecord.create).
+_RUN_CGROUP = re.compile(r"^tw-(\d{8}-\d{6}-[0-9a-f]{6})$")
+
+
+def run_cgroup(run_id: str) -> str:
+    """The cgroup path (from a hierarchy's root) a run's realtime containers live under."""
+    return f"/tw-{run_id}"
+
+
+def run_cgroups(root: Path | None = None) -> dict[Path, str]:
+    """Every run cgroup directory in the v1 hierarchies (and the v2 one) -> its run id."""
+    root = root or CGROUP_ROOT
+    found: dict[Path, str] = {}
+    if not root.is_dir():
+        return found
+    for hierarchy in sorted(root.iterdir()):
+        if not hierarchy.is_dir():
+            continue
+        for child in sorted(hierarchy.iterdir()):
+            match = _RUN_CGROUP.match(child.name)
+            if match and child.is_dir():
+                found.setdefault(child.resolve(), match.group(1))  # cpu and cpu,cpuacct are one directory
+    return found
+
+
+def remove_cgroup_tree(path: Path) -> bool:
+    """rmdir a cgroup and the (empty) cgroups under it, deepest first; False if one still holds tasks."""
+    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            child.rmdir()
+        except OSError:
+            pass
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError as err:
+        log.warning("cgroup %s not removed: %s", path, err.strerror or err)
+        return False
+    return True
+
+
+def remove_run_cgroups(run_id: str | None = None, keep: set[str] = frozenset()) -> list[str]:
+    """Remove the run cgroups of ``run_id`` (None: of every run not in ``keep``); returns those removed."""
+    removed = []
+    for path, owner in run_cgroups().items():
+        if (owner == run_id if run_id is not None else owner not in keep) and remove_cgroup_tree(path):
+            removed.append(str(path))
+    return removed
 
 
 def process_start_time(pid: int) -> int | None:
@@ -247,6 +300,7 @@ def clean_record(record: RunRecord) -> list[str]:
         ours = sorted(name for name, run_id in labelled_containers().items() if run_id == record.run_id)
         remove_containers(ours)
         removed += [f"container {name}" for name in ours]
+    removed += [f"cgroup {path}" for path in remove_run_cgroups(record.run_id)]
     if terminate(record.processes):
         removed.append(f"{len(record.processes)} process(es)")
     bridges = tagged_bridges()
@@ -337,6 +391,7 @@ def clean_all(include_live: bool = False) -> list[str]:
     orphans = sorted(name for name, run_id in labelled_containers().items() if run_id not in live_runs)
     remove_containers(orphans)
     removed += [f"container {name} (no record)" for name in orphans]
+    removed += [f"cgroup {path} (no record)" for path in remove_run_cgroups(keep=live_runs)]
     removed += release_ovs_globals()
     return removed
 
@@ -358,6 +413,7 @@ def host_state() -> dict[str, set[str]]:
         "ovs_settings": settings,
         "veths": {line.split(":")[1].strip().split("@")[0] for line in links.splitlines() if ":" in line},
         "runs": {p.name for p in RECORD_ROOT.iterdir()} if RECORD_ROOT.is_dir() else set(),
+        "cgroups": {str(path) for path in run_cgroups()},
     }
 
 

@@ -395,17 +395,21 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
     return summary
 
 
-def _connection_counts(load_dir: Path) -> dict[str, dict[str, int]]:
-    """Per service: TCP connections the clients opened, and requests sent again on a new one
-    after a kept-alive connection closed under them (from each generator's closing line)."""
-    out: dict[str, dict[str, int]] = {}
+def _connection_counts(load_dir: Path) -> dict[str, dict]:
+    """Per service: TCP connections the clients opened, requests sent again on a new one
+    after a kept-alive connection closed under them, and the scheduling the clients ran
+    under (from each generator's closing line)."""
+    out: dict[str, dict] = {}
     for path in sorted(load_dir.glob("*.json")):
         service = path.stem.split(".", 1)[0]
         try:
             line = json.loads(path.read_text().strip().splitlines()[-1])
         except (ValueError, IndexError, OSError):
             continue  # a generator that died wrote no line; load_failures says so
-        counts = out.setdefault(service, {"connections": 0, "retried": 0})
+        counts = out.setdefault(service, {"connections": 0, "retried": 0, "client_scheduling": []})
         counts["connections"] += int(line.get("connections", 0))
         counts["retried"] += int(line.get("retried", 0))
+        scheduling = line.get("scheduling", "normal")
+        if scheduling not in counts["client_scheduling"]:
+            counts["client_scheduling"].append(scheduling)
     return out

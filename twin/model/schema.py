@@ -195,6 +195,9 @@ class Service(Strict):
     connection: Literal["per-request", "keep-alive"] = Field(
         "per-request", description="per-request: a new TCP connection per request (handshake included); "
                                    "keep-alive: clients reuse their connections")
+    cpu_priority: Literal["normal", "realtime"] = Field(
+        "normal", description="realtime: the site serves this service before any normal-priority work on "
+                              "the same cores (its server runs SCHED_FIFO, within a CPU budget)")
     cpus: float = Field(1.0, gt=0, le=64)
     memory: Size = 512 * 1024**2
     initial_site: SiteId

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from twin.emulation.records import remove_containers
+from twin.emulation.records import CGROUP_ROOT, remove_containers, remove_run_cgroups, run_cgroup
 from twin.errors import TwinError
 from twin.workloads.image import validate_ref
 
@@ -52,6 +52,15 @@ STATE_DIR = "/state"
 ULIMITS = ("nofile=20000:20000", "nproc=4096:4096")
 DEFAULT_PIDS_LIMIT = 512
 DEFAULT_STATE_BYTES = 256 * 1024 * 1024
+# Realtime containers (ContainerSpec.rt_priority) where the kernel budgets realtime CPU
+# per cgroup (cgroup v1 with RT group scheduling, as here): each may use its cpus, at
+# most RT_MAX_SHARE of a CPU, per RT_PERIOD_US at realtime priority, and the run's
+# cgroup holds RT_RUN_SHARE: three instances at once fit (one realtime service mid-move
+# beside another). A server past its budget is held until the next period; drive-assist
+# uses 6-8 % of a CPU.
+RT_PERIOD_US = 100_000
+RT_MAX_SHARE = 0.25
+RT_RUN_SHARE = 0.9  # the kernel keeps 5 % of each CPU for normal tasks
 
 _RUN_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _SHORT_NAME = re.compile(r"^[a-z][a-z0-9-]{0,23}$")
@@ -157,6 +166,8 @@ class ContainerSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     cgroup_parent: str | None = None
+    #: may run SCHED_FIFO (the server chooses this priority): CAP_SYS_NICE and a realtime CPU budget
+    rt_priority: int | None = None
     stop_grace_s: float = 5.0
     #: catatonit as PID 1: forwards SIGTERM to the workload (a PID 1 without a
     #: handler ignores it, so every stop would wait the whole grace period) and reaps zombies.
@@ -197,14 +208,26 @@ class ContainerSpec:
                 raise ContainerError(
                     f"containers: {self.name}: label {key!r} is not valid or reserved; fix: [a-z][a-z0-9._-]*, not {RUN_LABEL}/{NAME_LABEL}"
                 )
+        if self.rt_priority is not None and not (1 <= self.rt_priority <= 98):
+            raise ContainerError(f"containers: {self.name}: rt_priority {self.rt_priority} out of range; fix: 1 to 98")
         if self.cgroup_parent is not None and (
             not _CGROUP_PARENT.match(self.cgroup_parent) or ".." in self.cgroup_parent.split("/")
         ):
             raise ContainerError(f"containers: {self.name}: cgroup_parent {self.cgroup_parent!r} is not valid; fix: e.g. /h1")
 
 
-def create_args(spec: ContainerSpec, run_id: str, oci_runtime: str | None) -> list[str]:
-    """The ``podman create`` argument list (after ``podman``) for ``spec`` in run ``run_id``."""
+def rt_runtime_us(spec: ContainerSpec) -> int:
+    """Realtime CPU time per RT_PERIOD_US a realtime container may use: its cpus, at most RT_MAX_SHARE."""
+    return int(min(spec.cpus if spec.cpus is not None else 1.0, RT_MAX_SHARE) * RT_PERIOD_US)
+
+
+def create_args(spec: ContainerSpec, run_id: str, oci_runtime: str | None, rt_budget: bool = False) -> list[str]:
+    """The ``podman create`` argument list (after ``podman``) for ``spec`` in run ``run_id``.
+
+    ``rt_budget``: the host budgets realtime CPU per cgroup, so a realtime container
+    goes under the run's cgroup (:func:`twin.emulation.records.run_cgroup`) with a
+    budget of its own (:func:`rt_runtime_us`).
+    """
     spec.validate()
     name = full_name(run_id, spec.name)
     args = ["create", "--name", name, "--hostname", spec.name, "--pull=never"]
@@ -231,6 +254,16 @@ def create_args(spec: ContainerSpec, run_id: str, oci_runtime: str | None) -> li
         args += ["--init"]
     for ulimit in ULIMITS:
         args += ["--ulimit", ulimit]
+    if spec.rt_priority is not None:
+        # CAP_SYS_NICE lifts the rtprio limit too; raising that limit itself needs CAP_SYS_RESOURCE,
+        # which root here lacks (see ULIMITS).
+        args += ["--cap-add", "SYS_NICE"]
+        if rt_budget:
+            if spec.cgroup_parent is not None:
+                raise ContainerError(f"containers: {spec.name}: a realtime container lives under the run's "
+                                     "cgroup; fix: leave cgroup_parent unset")
+            args += ["--cgroup-parent", run_cgroup(run_id), "--cpu-rt-period", str(RT_PERIOD_US),
+                     "--cpu-rt-runtime", str(rt_runtime_us(spec))]
     if spec.cgroup_parent is not None:
         args += ["--cgroup-parent", spec.cgroup_parent]
     if spec.read_only_root:
@@ -424,6 +457,9 @@ def _fix_for(detail: str) -> str:
         return "apt-get install runc, or set TWIN_OCI_RUNTIME=runc"
     if "no such container" in detail or "no container with name" in detail:
         return "the container is gone; list them with podman ps -a --filter label=twin-run"
+    if "cpu.rt_runtime_us" in detail:
+        return ("the run's realtime CPU budget is used up (each realtime instance takes up to "
+                f"{RT_MAX_SHARE:g} CPU); fix: fewer realtime services at once, or lower their cpus")
     if "already in use" in detail:
         return "a container of that name exists; remove it (twin clean) or choose another name"
     return "see podman ps -a and podman logs NAME"
@@ -506,9 +542,34 @@ class ContainerRuntime:
         return name
 
     # -- lifecycle
+    @functools.cached_property
+    def rt_budget(self) -> bool:
+        """Whether realtime CPU is budgeted per cgroup here (cgroup v1 with RT group scheduling,
+        cgroupfs manager): then realtime containers need the run's cgroup (:meth:`_ensure_run_cgroup`)."""
+        return (CGROUP_ROOT / "cpu" / "cpu.rt_runtime_us").exists() and self.engine.cgroup_manager == "cgroupfs"
+
+    def _ensure_run_cgroup(self) -> None:
+        """Create the run's cgroup with a realtime budget (RT_RUN_SHARE of each CPU) for its containers."""
+        path = CGROUP_ROOT / "cpu" / run_cgroup(self.run_id).lstrip("/")
+        try:
+            path.mkdir(exist_ok=True)
+            period = int((path / "cpu.rt_period_us").read_text())
+            budget = path / "cpu.rt_runtime_us"
+            if int(budget.read_text()) == 0:
+                budget.write_text(str(int(period * RT_RUN_SHARE)))
+        except (OSError, ValueError) as err:
+            # EINVAL: other cgroups already hold the realtime time the kernel lets groups have.
+            raise ContainerError(f"containers: cannot give run {self.run_id} a realtime CPU budget in {path}: "
+                                 f"{getattr(err, 'strerror', None) or err}; fix: free realtime budget held by other "
+                                 "cgroups (see */cpu.rt_runtime_us under /sys/fs/cgroup/cpu), or set the "
+                                 "services' cpu_priority: normal") from err
+
     def create(self, spec: ContainerSpec) -> Container:
         """``podman create``; the name is recorded first. Returns the container (not started)."""
-        args = create_args(spec, self.run_id, self.engine.runtime_arg)
+        rt_budget = spec.rt_priority is not None and self.rt_budget
+        args = create_args(spec, self.run_id, self.engine.runtime_arg, rt_budget=rt_budget)
+        if rt_budget:
+            self._ensure_run_cgroup()
         name = full_name(self.run_id, spec.name)
         if self.record is not None:
             self.record.add_container(name)
@@ -628,6 +689,7 @@ class ContainerRuntime:
             return []  # no podman: no container can have been made (and __enter__ said so)
         removed = remove_run_containers(self.run_id, podman=self.podman)
         self.containers.clear()
+        remove_run_cgroups(self.run_id)
         return removed
 
     # -- checkpoint / restore (CRIU)

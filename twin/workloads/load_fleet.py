@@ -22,7 +22,7 @@ from pathlib import Path
 from twin.emulation.network import in_host
 from twin.model import addressing as ad
 from twin.model.schema import Scenario
-from twin.workloads.site_runtime import service_port
+from twin.workloads.site_runtime import LOADGEN_RT_PRIORITY, service_port
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class LoadFleet:
                     args += ["--sessions", "16"]  # vehicles: the stateful service keeps per-session tracks
                 if service.connection == "keep-alive":
                     args.append("--keep-alive")
+                args += ["--rt-priority", str(LOADGEN_RT_PRIORITY)]
                 # Clients run beside the workloads, off the emulated network's CPU (TwinSession.cpu_plan).
                 cpus = self.session.workload_cpus
                 # files, not pipes: a pipe could fill and block it. stdout is its closing JSON line.

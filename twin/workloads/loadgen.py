@@ -56,6 +56,7 @@ import numpy as np
 
 from twin.errors import TwinError
 from twin.workloads import protocol as proto
+from twin.workloads.realtime import apply_rt_priority
 from twin.workloads.stats import CSV_FIELDS, RequestRecord, percentile
 
 FLUSH_INTERVAL_S = 0.5
@@ -477,6 +478,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--start-at", type=float, default=None, help="Unix time of the schedule's start")
     p.add_argument("--keep-alive", action="store_true",
                    help="reuse connections between requests (default: a new connection per request)")
+    p.add_argument("--rt-priority", type=int, default=0,
+                   help="run under SCHED_FIFO at this priority (1-98; 0: normal scheduling, the default)")
     return p
 
 
@@ -508,6 +511,9 @@ def main(argv: list[str] | None = None) -> int:
                             region=args.region, service=args.service, timeout_s=args.timeout,
                             seed=args.seed, sessions=args.sessions, start_at_unix=args.start_at,
                             keep_alive=args.keep_alive).check()
+        if not 0 <= args.rt_priority <= 98:
+            raise LoadError(f"--rt-priority {args.rt_priority} is out of range; use 0 (normal) or 1..98")
+        scheduling = apply_rt_priority(args.rt_priority)
         latencies_ms: list[float] = []
         result = asyncio.run(_main_async(config, args.out, latencies_ms))
     except TwinError as err:
@@ -519,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({"sent": result.sent, "outcomes": result.outcomes,
                       "p50_ms": percentile(latencies_ms, 50.0), "p99_ms": percentile(latencies_ms, 99.0),
                       "cpu_s": round(result.cpu_s, 3), "connections": result.connections,
-                      "retried": result.retried, "out": str(args.out)}))
+                      "retried": result.retried, "scheduling": scheduling, "out": str(args.out)}))
     return 0
 
 

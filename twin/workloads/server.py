@@ -4,7 +4,7 @@ Run as::
 
     python -m twin.workloads.server --service ID --model NAME --site SITE --port 8080
         [--bind 0.0.0.0] [--models-dir DIR] [--state-dir DIR] [--threads N]
-        [--state-size BYTES] [--workers N]
+        [--state-size BYTES] [--workers N] [--rt-priority N]
 
 The protocol (endpoints, headers, status codes, state format) is in
 docs/inference-protocol.md.
@@ -50,6 +50,7 @@ import numpy as np
 from twin.errors import TwinError
 from twin.workloads import protocol as proto
 from twin.workloads.models import default_models_dir, find_model
+from twin.workloads.realtime import apply_rt_priority
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ class ServerConfig:
     threads: int = 1
     workers: int = 1
     state_size: int = 0
+    rt_priority: int = 0  # > 0: serve under SCHED_FIFO (see apply_rt_priority)
     max_infer_bytes: int = DEFAULT_MAX_INFER_BYTES
     max_state_bytes: int = DEFAULT_MAX_STATE_BYTES
 
@@ -238,6 +240,7 @@ class InferenceServer:
         self.refused = 0
         self.errors = 0
         self.started_unix = time.time()
+        self.scheduling = "normal"  # what apply_rt_priority obtained
         self._idle = asyncio.Event()
         self._idle.set()
         self._kept_idle: set[asyncio.StreamWriter] = set()  # kept-alive connections between requests
@@ -501,7 +504,7 @@ class InferenceServer:
             "served": served, "in_flight": self.in_flight, "refused": self.refused, "errors": self.errors,
             "mean_service_time_us": round(self.service.service_time_us_total / served, 1) if served else None,
             "sessions": len(self.service.sessions), "state_size": self.config.state_size,
-            "threads": self.config.threads, "workers": self.config.workers,
+            "threads": self.config.threads, "workers": self.config.workers, "scheduling": self.scheduling,
             "uptime_s": round(time.time() - self.started_unix, 3),
         }
 
@@ -599,6 +602,8 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"load {STATE_FILE} from here at start, save it here on SIGTERM (cold migration)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     p.add_argument("--workers", type=int, default=1, help="requests computed at once (default 1)")
+    p.add_argument("--rt-priority", type=int, default=0,
+                   help="serve under SCHED_FIFO at this priority (1-98; 0: normal scheduling, the default)")
     p.add_argument("--state-size", type=int, default=0,
                    help="pad exported state to exactly this many bytes (scenario state_size)")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -619,17 +624,21 @@ def config_from_args(argv: list[str] | None = None) -> ServerConfig:
     for flag, value, top in (("--threads", args.threads, 64), ("--workers", args.workers, 64)):
         if not 1 <= value <= top:
             raise ServerError(f"{flag} {value} is out of range; use 1..{top}")
+    if not 0 <= args.rt_priority <= 98:
+        raise ServerError(f"--rt-priority {args.rt_priority} is out of range; use 0 (normal) or 1..98")
     if args.state_size < 0:
         raise ServerError(f"--state-size {args.state_size} is negative; use a byte count >= 0")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return ServerConfig(service=args.service, model=args.model, site=args.site, port=args.port, bind=args.bind,
                         models_dir=args.models_dir, state_dir=args.state_dir, threads=args.threads,
-                        workers=args.workers, state_size=args.state_size)
+                        workers=args.workers, state_size=args.state_size, rt_priority=args.rt_priority)
 
 
 async def serve(config: ServerConfig) -> None:
     """Run a server until SIGTERM/SIGINT, then drain and return."""
+    scheduling = apply_rt_priority(config.rt_priority)
     server = InferenceServer(config)
+    server.scheduling = scheduling
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)

@@ -50,6 +50,13 @@ from twin.shifter.interfaces import (
 log = logging.getLogger(__name__)
 
 SERVICE_PORT_BASE = 8000
+# Realtime priorities on the workload CPUs, all under the delay engine's (ENGINE_RT_PRIORITY,
+# 10): first the load generators, the measuring instrument, then the servers of services
+# with ``cpu_priority: realtime``. Under the fair scheduler both waited up to 4-5 ms
+# (p99 3.5 ms) behind farm-images' compute; the drive-assist server's own share of the
+# request time fell from p99 6.1 to 3.1 ms with SCHED_FIFO (benchmarks/README.md, eighth pass).
+LOADGEN_RT_PRIORITY = 5
+SERVICE_RT_PRIORITY = 4
 
 
 def service_port(index: int) -> int:
@@ -196,8 +203,11 @@ class EmulatedRuntime:
 
     def _server_args(self, state: ServiceState, site: str) -> list[str]:
         s = state.service
-        return ["--service", s.id, "--model", s.model, "--site", site, "--port", str(state.port),
+        args = ["--service", s.id, "--model", s.model, "--site", site, "--port", str(state.port),
                 "--state-size", str(int(s.state_size))]
+        if s.cpu_priority == "realtime":
+            args += ["--rt-priority", str(SERVICE_RT_PRIORITY)]
+        return args
 
     def _start_instance(self, state: ServiceState, site: str) -> Instance:
         """Lightpaths from every user region, VIP on the host, instance started and ready."""
@@ -445,7 +455,8 @@ class PodmanLauncher:
             netns_pid=netns_pid, cpus=service.cpus, memory_bytes=int(service.memory),
             cpu_shares=cpu_shares_for(service), cpuset=tuple(sorted(self.cpus)) if self.cpus else None,
             state_bytes=max(4096, int(service.state_size) * 2 + (16 << 20)),
-            labels={"twin-service": service.id, "twin-site": site}, stop_grace_s=5.0)
+            labels={"twin-service": service.id, "twin-site": site}, stop_grace_s=5.0,
+            rt_priority=SERVICE_RT_PRIORITY if service.cpu_priority == "realtime" else None)
         container = self.containers.run(spec, ready_url=f"http://127.0.0.1:{port}/readyz", timeout_s=60.0)
         return container.name
 
