@@ -270,7 +270,8 @@ from twin.emulation.records import RunRecord
 from twin.workloads import containers as c
 record = RunRecord.create()
 rt = c.ContainerRuntime(record.run_id, record=record)
-rt.run(c.ContainerSpec("orphan", sys.argv[1], ("sleep", "600"), netns_pid=int(sys.argv[2])))
+# realtime, so that where the kernel budgets realtime CPU per cgroup the run owns a cgroup too
+rt.run(c.ContainerSpec("orphan", sys.argv[1], ("sleep", "600"), netns_pid=int(sys.argv[2]), cpus=0.1, rt_priority=4))
 print(record.path, flush=True)
 time.sleep(600)
 """
@@ -290,9 +291,13 @@ def test_owner_killed_then_clean_by_its_record(workload_image: str, netns_pid: i
         owner.wait()
         assert not records._owner_alive(record)
         assert _podman_names(record.run_id) == record.containers
+        cgroups = sorted(str(p) for p, run_id in records.run_cgroups().items() if run_id == record.run_id)
+        if c.ContainerRuntime(record.run_id).rt_budget:
+            assert cgroups, "a realtime container where the kernel budgets per cgroup lives under the run's cgroup"
         removed = clean_record(RunRecord.load(path))
-        assert removed == [f"container {record.containers[0]}"]
+        assert removed == [f"container {record.containers[0]}"] + [f"cgroup {p}" for p in cgroups]
         assert _podman_names(record.run_id) == []
+        assert [p for p, run_id in records.run_cgroups().items() if run_id == record.run_id] == []
         assert not path.exists()
     finally:
         stop_child(owner)
