@@ -7,6 +7,7 @@ host, state copied over the 600 km APN lightpath.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -26,10 +27,12 @@ TOPOLOGY = Path(__file__).resolve().parents[2] / "topologies" / "fukuoka-osaka.y
 @pytest.fixture(scope="module")
 def twin():
     # Partitioned CPUs, as 'twin run' has them: the network on one, the workloads on the others.
+    before = os.sched_getaffinity(0)
     with TwinSession(TOPOLOGY, cpu_layout="workloads") as session:
         session.client.create_lightpath("fuk", "osa")
         with ContainerRuntime(session.record.run_id, record=session.record) as containers:
             yield session, containers, PodmanLauncher(containers, workload_image(), cpus=session.workload_cpus)
+    assert os.sched_getaffinity(0) == before  # the session gives this process its CPUs back
 
 
 def scenario(service_id: str, state_size: str = "4MiB"):
@@ -56,13 +59,14 @@ def test_make_before_break_loses_nothing_and_moves_the_service(twin, tmp_path):
 
 
 def test_the_network_and_the_workloads_have_cpus_of_their_own(twin, tmp_path):
-    import os
-
     session, containers, launcher = twin
-    cpus = os.sched_getaffinity(0)
+    cpus = session.cpus_available
     if len(cpus) < 2:
         pytest.skip("one CPU: nothing to partition")
     assert session.datapath_cpu == max(cpus) and session.workload_cpus == cpus - {max(cpus)}
+    # The run's own processes (this one included, so all it starts) stay off the datapath's CPU.
+    assert os.sched_getaffinity(0) == session.workload_cpus
+    assert os.sched_getaffinity(session.controller.pid) == session.workload_cpus
     # With workloads the engine shares the PMD thread's CPU, not the workloads' (CPU_LAYOUTS says why).
     assert os.sched_getaffinity(session.network.engine.pid) == {session.datapath_cpu}
     # ...and 'twin shift' against this run finds the plan in its record.
