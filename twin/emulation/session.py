@@ -210,11 +210,12 @@ class TwinSession:
 
     def start(self) -> None:
         t0 = time.monotonic()
-        if self.workload_cpus:
+        if self.workload_cpus and userspace_datapath():
             # Everything the run starts from here (controller, host shells, podman and its
             # conmon, state copies) inherits the workload CPUs; only the datapath's own threads
             # go to its CPU. Unpinned, they took the PMD thread's CPU for 0.5-5 ms at a time,
             # 487 times in 25 s (perf sched, spring-day cut to 6 h), and frames waited in the switch.
+            # With the kernel datapath there is no such thread to keep the CPU free for.
             self._previous_affinity = _pin_own_threads(self.workload_cpus)
         self.record = RunRecord.create(workload_cpus=sorted(self.workload_cpus) if self.workload_cpus else None)
         log.info("run %s: records in %s", self.record.run_id, self.record.directory)
