@@ -62,21 +62,26 @@ def run_cgroups(root: Path | None = None) -> dict[Path, str]:
     return found
 
 
-def remove_cgroup_tree(path: Path) -> bool:
-    """rmdir a cgroup and the (empty) cgroups under it, deepest first; False if one still holds tasks."""
-    for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+def remove_cgroup_tree(path: Path, wait_s: float = 10.0) -> bool:
+    """rmdir a cgroup and the cgroups under it, deepest first; False if one still holds tasks
+    after ``wait_s`` (a just-removed container's processes take a moment to be gone)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            try:
+                child.rmdir()
+            except OSError:
+                pass
         try:
-            child.rmdir()
-        except OSError:
-            pass
-    try:
-        path.rmdir()
-    except FileNotFoundError:
-        return True
-    except OSError as err:
-        log.warning("cgroup %s not removed: %s", path, err.strerror or err)
-        return False
-    return True
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                log.warning("cgroup %s not removed: %s", path, err.strerror or err)
+                return False
+        time.sleep(0.05)
 
 
 def remove_run_cgroups(run_id: str | None = None, keep: set[str] = frozenset()) -> list[str]:
