@@ -36,7 +36,7 @@ OVS_TAG = "twin-run"
 # Open_vSwitch table's external_ids (``twin-<key>=<value>``), so the last run to stop, or
 # ``twin clean`` after a kill, can tell a setting the twin made from one an operator made.
 OVS_GLOBAL_KEYS = ("pmd-maxsleep", "pmd-cpu-mask")
-CGROUP_ROOT = Path(os.environ.get("TWIN_CGROUP_ROOT", "/sys/fs/cgroup"))
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 # A run's own cgroup: tw-<run id> (the run id format of RunRecord.create).
 _RUN_CGROUP = re.compile(r"^tw-(\d{8}-\d{6}-[0-9a-f]{6})$")
 

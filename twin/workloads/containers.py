@@ -460,8 +460,8 @@ def _fix_for(detail: str) -> str:
     if "no such container" in detail or "no container with name" in detail:
         return "the container is gone; list them with podman ps -a --filter label=twin-run"
     if "cpu.rt_runtime_us" in detail:
-        return ("the run's realtime CPU budget is used up (each realtime instance takes up to "
-                f"{RT_MAX_SHARE:g} CPU); fix: fewer realtime services at once, or lower their cpus")
+        return (f"fewer realtime services at once, or lower their cpus (the run's realtime CPU budget is "
+                f"used up; each realtime instance takes up to {RT_MAX_SHARE:g} CPU)")
     if "already in use" in detail:
         return "a container of that name exists; remove it (twin clean) or choose another name"
     return "see podman ps -a and podman logs NAME"
