@@ -80,7 +80,7 @@ def run_case(dist: str, jitter_us: float, args, tmp: Path) -> dict:
     path.write_text(yaml.safe_dump(topo, sort_keys=False))
     procs = Procs()
     rows = []
-    with TwinSession(str(path)) as session:
+    with TwinSession(str(path), idle_poll=args.idle_poll) as session:
         _, base = probe_samples(session, procs, "a", "a", count=args.count, rate=args.rate)
         base_ow = one_way(base)
         base_median = statistics.median(base_ow)
@@ -113,19 +113,22 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=2000, help="probes per lightpath (default 2000)")
     parser.add_argument("--rate", type=float, default=200.0, help="probes per second (default 200)")
+    parser.add_argument("--idle-poll", action="store_true",
+                        help="idle pollers on the engine's CPUs (twin/emulation/idle_poll.py)")
     parser.add_argument("--out", default="bench-results/jitter.json")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/jitter.py needs root (Mininet, OVS)", file=sys.stderr)
         return 2
     doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "load_avg_at_start": os.getloadavg(),
-           "settings": {"count": args.count, "rate_pps": args.rate, "cases": CASES}, "rows": []}
+           "settings": {"count": args.count, "rate_pps": args.rate, "cases": CASES,
+                                                                           "idle_poll": args.idle_poll}, "rows": []}
     with tempfile.TemporaryDirectory(prefix="twin-jitter-") as tmp:
         for dist, jitter_us in CASES:
             doc["rows"] += run_case(dist, jitter_us, args, Path(tmp))["rows"]
     doc["load_avg_at_end"] = os.getloadavg()
     print(f"\nConfigured APN jitter on triangle, {args.count} probes per lightpath at {args.rate:g}/s, "
-          "forward+backward pooled; model = delay + jitter per span + the one-switch baseline's noise")
+          f"idle pollers {'on' if args.idle_poll else 'off'}, forward+backward pooled; model = delay + jitter per span + the one-switch baseline's noise")
     header = ("dist", "jitter/span", "pair", "spans", "model mean", "meas mean", "mean err", "model sd",
               "meas sd", "sd err", "IQR err", "sd99 err", "ok")
     print("  ".join(f"{h:>11}" for h in header))

@@ -552,6 +552,8 @@ def main() -> int:
     parser.add_argument("--pmd-maxsleep-us", type=int, default=None,
                         help="with afxdp: let the PMD thread sleep up to this long when idle (OVS other_config "
                              f"pmd-maxsleep, for the run; default 0 on a CPU of its own, else {PMD_MAXSLEEP_US})")
+    parser.add_argument("--idle-poll", action="store_true",
+                        help="idle pollers on the engine's CPUs (twin/emulation/idle_poll.py)")
     parser.add_argument("--noise-seconds", type=float, default=3.0,
                         help="first measure the host's own stalls per CPU this long (benchmarks/host_noise.py; "
                              "0: skip; default %(default)s)")
@@ -588,9 +590,10 @@ def main() -> int:
                           engine_spin_us=args.engine_spin_us, pmd_maxsleep_us=args.pmd_maxsleep_us,
                           calibrate=not args.no_calibrate,
                           cpu_layout="shared" if args.no_cpu_partition else args.cpu_layout,
+                          idle_poll=args.idle_poll,
                           transit_carry=not args.no_transit_carry)
     doc["settings"].update({"calibrate": not args.no_calibrate, "transit_carry": not args.no_transit_carry,
-                            "cpu_layout": session.cpu_layout,
+                            "cpu_layout": session.cpu_layout, "idle_poll_cpus": sorted(session.idle_poll_cpus),
                             "probe_spacing": "periodic" if args.periodic
                             else "poisson", "port_type": args.port_type, "pmd_maxsleep_us": session.pmd_maxsleep_us,
                             "engine_rt_priority": args.engine_rt_priority, "engine_spin_us": args.engine_spin_us})

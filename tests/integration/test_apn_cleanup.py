@@ -32,13 +32,14 @@ def test_sigkill_then_twin_clean_leaves_nothing(tmp_path):
     script = (
         "import sys, time\n"
         "from twin.emulation.session import TwinSession\n"
-        f"s = TwinSession({TRIANGLE!r}); s.__enter__()\n"
+        f"s = TwinSession({TRIANGLE!r}, idle_poll=True); s.__enter__()\n"
         "print('UP', flush=True)\n"
         "time.sleep(600)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, cwd=REPO)
     checked = False
+    pollers = []
     try:
         deadline = time.monotonic() + 120
         line = ""
@@ -58,12 +59,28 @@ def test_sigkill_then_twin_clean_leaves_nothing(tmp_path):
                 assert "pmd-maxsleep=50" in during["ovs_settings"]
             else:  # a CPU of its own: polled without sleeping
                 assert {"pmd-maxsleep=0", f"pmd-cpu-mask={hex(1 << datapath_cpu)}"} <= during["ovs_settings"]
+        # Idle pollers (asked for) with the userspace engine: SCHED_IDLE, one pinned per CPU
+        # the PMD thread does not poll. They must die with their owner, before any clean.
+        pollers = [p for p in started if p.what.startswith("idle poller")]
+        if "delay engine" in {p.what for p in started}:
+            available = os.sched_getaffinity(0)
+            datapath_cpu = cpu_plan(available)[0]
+            assert {int(p.what.split()[-1]) for p in pollers} == available - {datapath_cpu}
+            for poller in pollers:
+                assert os.sched_getscheduler(poller.pid) == os.SCHED_IDLE
+                assert os.sched_getaffinity(poller.pid) == {int(poller.what.split()[-1])}
+        else:  # netem: nothing sleeps on a timer to forward frames
+            assert pollers == []
         checked = True
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if not checked:  # a failed check above must not leave the run's objects to the next tests
             subprocess.run([sys.executable, "-m", "twin", "clean"], capture_output=True, cwd=REPO)
+    deadline = time.monotonic() + 5
+    while any(p.alive() for p in pollers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pollers if p.alive()]  # they end with their owner, before any twin clean
     assert _snapshot() != before  # the kill left things behind...
     out = subprocess.run([sys.executable, "-m", "twin", "clean"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twin.emulation.controller import ControllerProcess
+from twin.emulation.idle_poll import IdlePollers
 from twin.emulation.network import (ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_DEDICATED_US, PMD_MAXSLEEP_US,
                                     ApnNetwork, in_host, userspace_datapath)
 from twin.emulation.probe import ProbeSummary, wait_reflector_ready
@@ -166,6 +167,7 @@ class TwinSession:
     calibrate: bool = True                           # take the emulator's transit time out of span delays
     transit_carry: bool = True                       # transit frames keep their intended time (delay_engine)
     cpu_layout: str = "network"                      # which CPUs the datapath and workloads get (CPU_LAYOUTS)
+    idle_poll: bool = False                          # keep idle vCPUs from halting (idle_poll.py: a trade)
     record: RunRecord = field(init=False)
     timings: dict[str, float] = field(init=False, default_factory=dict)
 
@@ -188,6 +190,15 @@ class TwinSession:
         if self.pmd_maxsleep_us is None:
             self.pmd_maxsleep_us = PMD_MAXSLEEP_DEDICATED_US \
                 if self.datapath_cpu is not None and self.cpu_layout == "network" else PMD_MAXSLEEP_US
+        self.idle_poll_cpus = self._idle_poll_cpus()
+        self.idle_pollers = IdlePollers()
+
+    def _idle_poll_cpus(self) -> set[int]:
+        """Every CPU but one a PMD thread polls without sleeping (it never halts anyway)."""
+        if not self.idle_poll:
+            return set()
+        polled = {self.datapath_cpu} if self.datapath_cpu is not None and self.pmd_maxsleep_us == 0 else set()
+        return set(self.cpus_available) - polled
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "TwinSession":
@@ -234,6 +245,8 @@ class TwinSession:
         network.controller_port = self.controller.ofp_port
         self.network = network
         network.start()
+        if network.link_backend == "userspace":  # netem needs no process to wake up on time
+            self.idle_pollers.start(self.idle_poll_cpus, self.record)
         t1 = time.monotonic()
         self.client.wait_switches(len(self.topology.sites), timeout=scaled(60))
         self.timings["switches_connected_s"] = time.monotonic() - t0
@@ -252,6 +265,7 @@ class TwinSession:
             self.network.stop()
         if self.controller is not None:
             self.controller.stop()
+        self.idle_pollers.stop()
         if getattr(self, "record", None) is not None:
             left = clean_record(self.record)  # anything the steps above missed
             if left:
@@ -435,7 +449,8 @@ class TwinSession:
                 "calibration": self.calibration,
                 "cpus": {"layout": self.cpu_layout, "pmd": self.datapath_cpu,
                          "engine": sorted(self.engine_cpus) if self.engine_cpus else None,
-                         "workloads": sorted(self.workload_cpus) if self.workload_cpus else None},
+                         "workloads": sorted(self.workload_cpus) if self.workload_cpus else None,
+                         "idle_pollers": self.idle_pollers.started},
                 "timings_s": {**self.network.timings, **self.timings} if self.network else self.timings}
 
 
