@@ -219,7 +219,8 @@ def main() -> int:
         def engine(l1: LinkSpec) -> DelayEngineProcess:
             l2 = LinkSpec("l2", "twb-rc", "twb-rd", delay_us=2500)
             return DelayEngineProcess([l1, l2], workdir=workdir, spin_us=args.spin_us,
-                                      rt_priority=args.rt_priority, cpu=args.cpu)
+                                      rt_priority=args.rt_priority,
+                                      cpus=[args.cpu] if args.cpu is not None else None)
 
         base, base_samples = probe(lab, "10.250.9.2", args.count)
         ow = one_way(base_samples)
