@@ -1,13 +1,13 @@
 """Idle pollers: keep a virtual CPU awake so the delay engine's wake-ups are on time.
 
 Why: in a virtual machine an idle vCPU halts, and the hypervisor wakes it for the
-next timer or interrupt. On the 2-vCPU VM this project is measured on, that wake-up
-took over 1 ms about 0.7 times a second (a SCHED_FIFO thread sleeping to 1 ms
-deadlines on an idle CPU: p99.9 0.56-0.73 ms, max 2.4-4.1 ms; woken from the other
-CPU through a pipe: max 2.4 ms). The delay engine sleeps on a timer until just
-before each departure, so every such wake-up held frames for milliseconds: on a
-1-span lightpath, 0-43 probes in 4,000 were over 0.5 ms late, and they set the
-whole-sample jitter and p99.9 (benchmarks/README.md, "idle pollers").
+next timer or interrupt. On the 2-vCPU VM this project is measured on, a
+SCHED_FIFO task sleeping to 1 ms deadlines on an idle CPU woke over 0.5 ms late
+0.5-1 times a second, up to 4.1 ms late (benchmarks/wakeup.py). The delay engine
+sleeps on a timer until just before each departure, so such wake-ups held frames
+for milliseconds: on a 1-span lightpath, 0-43 probes in 4,000 were over 0.5 ms
+late, and they set the whole-sample jitter and p99.9 (benchmarks/README.md,
+ninth pass).
 
 What: one process per CPU, pinned to it, scheduled ``SCHED_IDLE`` (it runs only
 when nothing else wants the CPU) and calling ``sched_yield`` in a loop, so the CPU
@@ -58,6 +58,8 @@ class IdlePollers:
         self.started: list[int] = []  # CPUs, kept after stop() for reports
 
     def start(self, cpus: Collection[int], record: RunRecord | None = None) -> None:
+        # PR_SET_PDEATHSIG fires when the *thread* that forked a poller ends: start them
+        # from one that lives as long as they should (TwinSession: the caller's).
         for cpu in sorted(cpus):
             proc = subprocess.Popen([sys.executable, "-m", "twin.emulation.idle_poll", "--cpu", str(cpu),
                                      "--parent", str(os.getpid())],
