@@ -192,9 +192,9 @@ POISSON = ["--poisson"]
 
 
 def probe_samples(session: TwinSession, procs: Procs, src: str, dst: str, *, count: int,
-                  rate: float) -> tuple[ProbeSummary, list[list[float]]]:
-    """Like TwinSession.probe (apn plane), but also returns the per-probe samples."""
-    dst_ip = compute_ip(session, dst)
+                  rate: float, plane: str = "apn") -> tuple[ProbeSummary, list[list[float]]]:
+    """Like TwinSession.probe, but also returns the per-probe samples."""
+    dst_ip = session.network.host_ip(dst, ad.COMPUTE, {"apn": ad.APN_PLANE, "packet": ad.PACKET_PLANE}[plane])
     reflector = procs.spawn(in_host(compute_pid(session, dst), [PY, "-m", "twin.emulation.probe", "reflect",
                                                                 "--bind", dst_ip, "--port", str(PROBE_PORT)]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
