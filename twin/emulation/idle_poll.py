@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import logging
 import os
 import signal
 import subprocess
@@ -46,6 +47,8 @@ import sys
 from collections.abc import Collection
 
 from twin.emulation.records import RunRecord, stop_child
+
+log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 
@@ -74,9 +77,13 @@ class IdlePollers:
         return sorted(cpu for cpu, proc in self.procs.items() if proc.poll() is None)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
+        for cpu, proc in self.procs.items():
+            ended_early = proc.poll() is not None  # a poller only ends by our signal or its parent's death
             stop_child(proc, timeout_s=2.0)
             if proc.stderr is not None:
+                if ended_early:
+                    log.warning("idle poller on CPU %d had stopped: %s", cpu,
+                                proc.stderr.read().decode(errors="replace").strip() or f"exit {proc.returncode}")
                 proc.stderr.close()
         self.procs.clear()
 
@@ -99,7 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu", type=int, required=True, help="the CPU to keep awake")
     parser.add_argument("--parent", type=int, required=True, help="exit when this process (our parent) is gone")
     args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
         poll(args.cpu, args.parent)
     except OSError as exc:
