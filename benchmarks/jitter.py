@@ -19,9 +19,10 @@ switch, engine, switch, host, as on a lightpath; for a-c the packet network
 takes the direct span while the lightpath goes via b, whose switch transit
 carry-over absorbs). Whatever stalls the host hits both streams alike, so a
 millisecond hiccup widens the model as much as the measurement. Measured and
-model are compared on mean, standard deviation and the interquartile range. Target (issue 3): mean and standard deviation within
-10 %; the mean is judged against the configured jitter's standard deviation
-(the delay itself is checked by benchmarks/network.py).
+model are compared on mean, standard deviation and the interquartile range.
+Target (issue 3): mean and standard deviation within 10 %; the mean is judged
+against the configured jitter's standard deviation (the delay itself is
+checked by benchmarks/network.py).
 
 Prints a table and writes JSON; exits 0 whether or not the target is met.
 """
@@ -154,14 +155,15 @@ def main() -> int:
         print("benchmarks/jitter.py needs root (Mininet, OVS)", file=sys.stderr)
         return 2
     doc = {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "load_avg_at_start": os.getloadavg(),
-           "settings": {"count": args.count, "rate_pps": args.rate, "cases": CASES,
-                                                                           "idle_poll": args.idle_poll}, "rows": []}
+           "settings": {"count": args.count, "rate_pps": args.rate, "cases": CASES, "idle_poll": args.idle_poll},
+           "rows": []}
     with tempfile.TemporaryDirectory(prefix="twin-jitter-") as tmp:
         for dist, jitter_us in CASES:
             doc["rows"] += run_case(dist, jitter_us, args, Path(tmp))["rows"]
     doc["load_avg_at_end"] = os.getloadavg()
     print(f"\nConfigured APN jitter on triangle, {args.count} probes per lightpath at {args.rate:g}/s, "
-          f"idle pollers {'on' if args.idle_poll else 'off'}, forward+backward pooled; model = delay + jitter per span + the noise of a jitter-free path probed at the same time")
+          f"idle pollers {'on' if args.idle_poll else 'off'}, forward+backward pooled; "
+          "model = delay + jitter per span + the noise of a jitter-free path probed at the same time")
     header = ("dist", "jitter/span", "pair", "spans", "model mean", "meas mean", "mean err", "model sd",
               "meas sd", "sd err", "IQR err", "sd99 err", "ok")
     print("  ".join(f"{h:>11}" for h in header))

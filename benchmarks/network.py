@@ -80,7 +80,7 @@ from tqdm import tqdm
 from twin.emulation.network import ENGINE_RT_PRIORITY, ENGINE_SPIN_US, PMD_MAXSLEEP_US, in_host
 from twin.emulation.probe import ProbeSummary, percentile, wait_reflector_ready
 from twin.emulation.records import RECORD_ROOT, stop_child, tagged_bridges
-from twin.emulation.session import PROBE_WARMUP, TwinSession, switch_passes
+from twin.emulation.session import PLANES, PROBE_WARMUP, TwinSession, switch_passes
 from twin.errors import TwinError
 from twin.model import addressing as ad
 from twin.tables import format_table
@@ -194,7 +194,7 @@ POISSON = ["--poisson"]
 def probe_samples(session: TwinSession, procs: Procs, src: str, dst: str, *, count: int,
                   rate: float, plane: str = "apn") -> tuple[ProbeSummary, list[list[float]]]:
     """Like TwinSession.probe, but also returns the per-probe samples."""
-    dst_ip = session.network.host_ip(dst, ad.COMPUTE, {"apn": ad.APN_PLANE, "packet": ad.PACKET_PLANE}[plane])
+    dst_ip = session.network.host_ip(dst, ad.COMPUTE, PLANES[plane])
     reflector = procs.spawn(in_host(compute_pid(session, dst), [PY, "-m", "twin.emulation.probe", "reflect",
                                                                 "--bind", dst_ip, "--port", str(PROBE_PORT)]),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -40,6 +40,8 @@ PROBE_WARMUP = 10
 CALIBRATION_PROBES = 400
 CALIBRATION_RATE = 1000.0
 MAX_ADVANCE_US = 300.0
+#: Probe planes by name: the lightpaths' addresses, or the conventional packet network's.
+PLANES = {"apn": ad.APN_PLANE, "packet": ad.PACKET_PLANE}
 
 
 # How TwinSession lays the emulator and the workloads out on the CPUs. Measured on this
@@ -361,7 +363,7 @@ class TwinSession:
     def reflectors(self, sites, *, plane: str = "apn"):
         """Probe reflectors in the compute hosts of ``sites`` while the block runs."""
         net = self._net()
-        plane_no = {"apn": ad.APN_PLANE, "packet": ad.PACKET_PLANE}[plane]
+        plane_no = PLANES[plane]
         procs = {}
         try:
             for site in dict.fromkeys(sites):
@@ -383,7 +385,7 @@ class TwinSession:
                      poisson: bool) -> ProbeSummary:
         """Probes from src's users host to a reflector already running at dst (see :meth:`reflectors`)."""
         net = self._net()
-        dst_ip = net.host_ip(dst, ad.COMPUTE, {"apn": ad.APN_PLANE, "packet": ad.PACKET_PLANE}[plane])
+        dst_ip = net.host_ip(dst, ad.COMPUTE, PLANES[plane])
         sender_pid = net.host_pid(ad.host_name(src, ad.USERS))
         proc = subprocess.run(in_host(sender_pid, [sys.executable, "-m", "twin.emulation.probe", "send", "--dst",
                                                    dst_ip, "--port", str(PROBE_PORT), "--rate", str(rate),
