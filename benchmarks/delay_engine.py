@@ -184,6 +184,11 @@ def iperf_result(server: subprocess.Popen, client: subprocess.Popen) -> float:
         raise RuntimeError(f"iperf3 failed: {err.strip() or out[-500:]}") from None
 
 
+def _brief(row: dict) -> dict:
+    """A row for the progress log: the engine's stats (late-frame logs included) go to the JSON only."""
+    return {k: v for k, v in row.items() if k != "engine_stats"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="bench-results/delay_engine.json")
@@ -234,14 +239,14 @@ def main() -> int:
                 summary, samples = probe(lab, "10.250.0.2", args.count)
             rows.append(error_row(f"{delay / 1000:g} ms", summary, samples, delay, baseline_us))
             rows[-1]["engine_stats"] = eng.stats
-            print(rows[-1], flush=True)
+            print(_brief(rows[-1]), flush=True)
 
         for dist, sd in (("uniform", 100 / math.sqrt(3)), ("normal", 100.0)):
             spec = LinkSpec("l1", "twb-ra", "twb-rb", delay_us=2500, jitter_us=100, jitter_dist=dist, seed=7)
             with engine(spec) as eng:
                 summary, samples = probe(lab, "10.250.0.2", args.count)
             rows.append(jitter_row(f"2.5 ms {dist} 100 us", summary, samples, 2500, sd, baseline_us, baseline_sd))
-            print(rows[-1], flush=True)
+            print(_brief(rows[-1]), flush=True)
 
         # Bulk TCP on l2, shaped to 500 Mbit/s in front of the engine, while probing l1.
         for ns, ifname in (("twb-c", "twb-c"), ("twb-d", "twb-d")):
@@ -255,7 +260,7 @@ def main() -> int:
         rows.append(error_row("2.5 ms + 500 Mbit/s TCP on l2", summary, samples, 2500, baseline_us))
         rows[-1]["bulk_mbps"] = round(mbps, 1)
         rows[-1]["engine_stats"] = eng.stats
-        print(rows[-1], flush=True)
+        print(_brief(rows[-1]), flush=True)
 
         # Maximum TCP throughput through one link (no shaping), 2.5 ms one-way.
         with engine(LinkSpec("l1", "twb-ra", "twb-rb", delay_us=2500)) as eng:

@@ -10,11 +10,20 @@ move costs the users of every service, since they share the emulator's cores.
 Prints, per service and region, the requests, p50 / p99 / p99.9 and how many
 exceeded the service's latency budget, split that way, and writes the same as JSON.
 The percentiles are nearest-rank, as in summary.json.
+
+With ``--engine`` it also lines the requests up with the delay engine's late
+frames (``engine.json``, userspace backend): per service and region, how many of
+the requests over budget, and how many of all requests, had a frame sent more than
+0.5 ms late anywhere in the engine while they were under way (from 2 ms before
+sending to the answer; Unix times from ``load/``, warm-up left out). Over-budget
+requests that meet late frames far more often than requests in general point at
+the engine falling behind.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import csv
 import json
 import sys
@@ -76,11 +85,46 @@ def tail_table(run_dir: Path, *, margin_s: float = 2.0, only: str | None = None)
     return rows
 
 
+def engine_overlap(run_dir: Path, *, only: str | None = None, lead_s: float = 0.002) -> list[dict]:
+    """Per service and region: requests (all, over budget) and how many met a late engine frame."""
+    run, events, _requests = _load(run_dir)
+    try:
+        links = json.loads((run_dir / "engine.json").read_text())["links"]
+    except (OSError, ValueError, KeyError) as err:
+        raise TailError(f"{run_dir / 'engine.json'}: not readable ({err}); --engine needs a run whose spans "
+                        "went through the userspace delay engine (run.json link_backend 'userspace')")
+    late = sorted(t for link in links.values() for d in link.values() for t, _late_us in d.get("late_log", []))
+    compression = float(run.get("time_compression") or 1.0)
+    starts = [e["wall"] - e["t"] / compression for e in events if "wall" in e and "t" in e]
+    start_unix = min(starts) if starts else float("-inf")
+    budgets = {s["id"]: float(s["slo"]["latency_ms"]) for s in run.get("services", [])}
+
+    def met_late(send: float, latency_ms: float) -> bool:
+        i = bisect.bisect_left(late, send - lead_s)
+        return i < len(late) and late[i] <= send + latency_ms / 1e3
+
+    rows = []
+    for path in sorted((run_dir / "load").glob("*.csv")):
+        service, region = path.stem.split(".", 1)
+        if service not in budgets or (only is not None and service != only):
+            continue
+        with path.open(newline="") as f:
+            answered = [(float(r["send_unix"]), float(r["latency_ms"])) for r in csv.DictReader(f)
+                        if r["outcome"] == "ok" and r["latency_ms"] and float(r["send_unix"]) >= start_unix]
+        over = [(t, lat) for t, lat in answered if lat > budgets[service]]
+        rows.append({"service": service, "region": region, "budget_ms": budgets[service],
+                     "requests": len(answered), "requests_meeting_late": sum(met_late(*a) for a in answered),
+                     "over_budget": len(over), "over_budget_meeting_late": sum(met_late(*a) for a in over)})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", type=Path, help="an emulated run directory (twin run --out)")
     p.add_argument("--service", help="only this service (default: every service with request records)")
     p.add_argument("--margin", type=float, default=2.0, help="wall seconds around each migration (default 2)")
+    p.add_argument("--engine", action="store_true",
+                   help="also line requests up with the delay engine's late frames (engine.json)")
     p.add_argument("--out", type=Path, default=Path("bench-results/slo-tail.json"))
     args = p.parse_args(argv)
     if args.margin < 0:
@@ -88,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rows = tail_table(args.run_dir, margin_s=args.margin, only=args.service)
+        overlap = engine_overlap(args.run_dir, only=args.service) if args.engine else None
     except TailError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -98,7 +143,17 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(["service", "users in", "part", "requests", "p50 ms", "p99 ms", "p99.9 ms", "over budget"],
                        [[r["service"], r["region"], r["part"], r["requests"], ms(r["p50_ms"]), ms(r["p99_ms"]),
                          ms(r["p999_ms"]), f"{r['over_budget']} (> {r['budget_ms']:g} ms)"] for r in rows]))
-    write_result(args.out, {"run_dir": str(args.run_dir), "margin_s": args.margin, "rows": rows})
+    result = {"run_dir": str(args.run_dir), "margin_s": args.margin, "rows": rows}
+    if overlap is not None:
+        def share(part: int, whole: int) -> str:
+            return f"{part} of {whole}" + (f" ({100 * part / whole:.0f} %)" if whole else "")
+
+        print()
+        print(format_table(["service", "users in", "over budget: met a late frame", "all requests: met a late frame"],
+                           [[r["service"], r["region"], share(r["over_budget_meeting_late"], r["over_budget"]),
+                             share(r["requests_meeting_late"], r["requests"])] for r in overlap]))
+        result["engine_overlap"] = overlap
+    write_result(args.out, result)
     return 0
 
 

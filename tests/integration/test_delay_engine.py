@@ -122,6 +122,36 @@ def test_engine_delays_without_reordering_or_loss_and_leaves_nothing(reflector, 
     assert not _pid_alive(pid)
 
 
+def test_late_frames_are_logged_with_their_time(reflector, tmp_path):
+    """A stalled engine (SIGSTOP for 50 ms) sends the frames it held late: they are counted and
+    logged with their intended departure, so a run can line them up with slow requests."""
+    import signal
+    import time
+
+    link = LinkSpec("l1", ROOT_A, ROOT_B, delay_us=DELAY_US)
+    engine = DelayEngineProcess([link], workdir=tmp_path, ready_timeout_s=15)
+    with engine:
+        sender = subprocess.Popen(_ns_exec(NS_A, sys.executable, "-m", "twin.emulation.probe", "send", "--dst",
+                                           "10.251.0.2", "--port", str(PORT), "--rate", "500", "--count", "500",
+                                           "--json"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.4)
+        stalled_at = time.time()
+        os.kill(engine.pid, signal.SIGSTOP)
+        time.sleep(0.05)
+        os.kill(engine.pid, signal.SIGCONT)
+        out, err = sender.communicate(timeout=30)
+        assert sender.returncode == 0, err
+    stats = engine.stats["links"]["l1"]
+    log = stats["a->b"]["late_log"] + stats["b->a"]["late_log"]
+    assert stats["a->b"]["late_frames"] + stats["b->a"]["late_frames"] == len(log)
+    # Logged by intended departure: inside the stall, give or take the probe's 2 ms delay
+    # (a busy host may add a late frame elsewhere, hence no "all").
+    in_stall = [late for t, late in log if stalled_at - 0.01 < t < stalled_at + 0.1]
+    assert len(in_stall) >= 10, log
+    assert max(in_stall) == max(late for _t, late in log) > 30_000  # us: held through most of the stop
+    assert ProbeSummary.from_json(out).lost == 0
+
+
 @pytest.fixture
 def slow_transit(two_hosts):
     """A "switch" namespace twt-sw between two root-side interfaces twt-x1 and twt-x2, whose

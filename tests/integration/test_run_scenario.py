@@ -70,6 +70,11 @@ def test_emulated_run_directory_is_complete(runs):
         assert len(rows) > 100, service  # every request recorded
     run = load(run_dir, "run.json")
     assert run["mode"] == "emulated" and run["link_backend"] in ("userspace", "netem")
+    if run["link_backend"] == "userspace":  # the engine's own account of every span it forwarded
+        links = load(run_dir, "engine.json")["links"]
+        assert set(links) >= {"fuk_osa"}
+        assert links["fuk_osa"]["a->b"]["frames"] > 100
+        assert all(len(d["late_log"]) == min(d["late_frames"], 5000) for l in links.values() for d in l.values())
     assert run["container_engine"].startswith("podman")
 
 

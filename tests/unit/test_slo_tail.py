@@ -58,3 +58,41 @@ def test_bad_run_directory_is_one_line_exit_2(tmp_path, capsys, setup, message):
     assert slo_tail.main([str(run), "--out", str(tmp_path / "x.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def add_engine_and_load(run: Path, start_unix: float = 1_000_000.0) -> Path:
+    """Load rows in Unix time (one warm-up row before the start) and an engine that fell
+    behind once, at start + 5 s; the t=1000 event's wall clock fixes the start (100x)."""
+    (run / "events.jsonl").write_text(json.dumps({"t": 1000, "kind": "migration", "wall": start_unix + 10.0,
+                                                  "started": 1000.0, "finished": 1500.0}) + "\n")
+    (run / "load").mkdir()
+    rows = ["send_unix,region,site,instance,latency_ms,service_time_us,outcome,status",
+            f"{start_unix - 1.0},hij,fuk,i,50.0,800,ok,200"]                       # warm-up: left out
+    rows += [f"{start_unix + k * 0.1},hij,fuk,i,{30.0 if k in (50, 51) else 5.0},800,ok,200" for k in range(100)]
+    rows += [f"{start_unix + 2.0},hij,,,,,timeout,"]
+    (run / "load" / "drive.hij.csv").write_text("\n".join(rows) + "\n")
+    late = [[start_unix + at + 0.001 * i, 900.0] for at in (5.0, 5.1) for i in range(3)]  # in requests 50, 51
+    (run / "engine.json").write_text(json.dumps({"links": {"fuk_hij": {
+        "a->b": {"frames": 10, "late_frames": 6, "late_log": late},
+        "b->a": {"frames": 10, "late_frames": 0, "late_log": []}}}}))
+    return run
+
+
+def test_engine_overlap_counts_requests_that_met_late_frames(tmp_path, capsys):
+    run = add_engine_and_load(make_run(tmp_path / "run"))
+    (row,) = slo_tail.engine_overlap(run)
+    assert row["region"] == "hij" and row["requests"] == 100  # warm-up and the timeout left out
+    assert row["over_budget"] == 2 and row["over_budget_meeting_late"] == 2
+    # request 49 (4.9 s + 5 ms) ends before the first late frame; 50 and 51 span them
+    assert row["requests_meeting_late"] == 2
+    out = tmp_path / "tail.json"
+    assert slo_tail.main([str(run), "--engine", "--out", str(out)]) == 0
+    assert "2 of 2 (100 %)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["engine_overlap"] == [row]
+
+
+def test_engine_overlap_without_engine_json_is_one_line_exit_2(tmp_path, capsys):
+    run = make_run(tmp_path / "run")
+    assert slo_tail.main([str(run), "--engine", "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "engine.json" in err and "userspace" in err and "\n" not in err

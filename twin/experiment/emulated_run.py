@@ -39,7 +39,7 @@ from twin.experiment.analysis import (
     migration_effects,
     service_summary,
 )
-from twin.experiment.rundir import RunDirWriter
+from twin.experiment.rundir import RunDirWriter, write_json
 from twin.model import energy
 from twin.model.optics import OpticalNetwork
 from twin.model.policies import StaticPolicy, feasible_sites, make_policy
@@ -122,6 +122,7 @@ def run_emulated(scenario_path: str | Path, out_dir: str | Path, *, strategy: st
                 overrides = _measure_tight_pairs(session, scenario, topology, probes)
                 base = _experiment(session, image, scenario, topology, signals, model, compression, strategy,
                                    overrides, events, placements, info, writer.path, progress)
+            info["engine_stats"] = session.network.engine_stats  # read on leaving, once the engine has stopped
     except BaseException:
         writer.close()
         raise
@@ -354,6 +355,8 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
              for r in all_records[service.id]), key=lambda row: row[0]))
     if probes:
         writer.probe_rows(probes)
+    if info.get("engine_stats"):
+        write_json(run_dir / "engine.json", info["engine_stats"])
 
     by_slot = []
     initial = {s.id: s.initial_site for s in scenario.services}
