@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import csv
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_result  # noqa: E402
+from twin.experiment.rundata import scenario_start_unix  # noqa: E402
 from twin.tables import format_table  # noqa: E402
 from twin.workloads.stats import percentile  # noqa: E402
 
@@ -93,15 +95,19 @@ def engine_overlap(run_dir: Path, *, only: str | None = None, lead_s: float = 0.
     except (OSError, ValueError, KeyError) as err:
         raise TailError(f"{run_dir / 'engine.json'}: not readable ({err}); --engine needs a run whose spans "
                         "went through the userspace delay engine (run.json link_backend 'userspace')")
-    late = sorted(t for link in links.values() for d in link.values() for t, _late_us in d.get("late_log", []))
-    compression = float(run.get("time_compression") or 1.0)
-    starts = [e["wall"] - e["t"] / compression for e in events if "wall" in e and "t" in e]
-    start_unix = min(starts) if starts else float("-inf")
+    # Episodes of late frames, by first departure; latest_end[i]: the latest end among the first i + 1.
+    episodes = sorted((first, last) for link in links.values() for d in link.values()
+                      for first, last, _frames, _worst_us in d.get("late_episodes", []))
+    firsts = [first for first, _ in episodes]
+    latest_end = list(itertools.accumulate((last for _, last in episodes), max))
+    start = scenario_start_unix(run, events)
+    start_unix = start if start is not None else float("-inf")
     budgets = {s["id"]: float(s["slo"]["latency_ms"]) for s in run.get("services", [])}
 
     def met_late(send: float, latency_ms: float) -> bool:
-        i = bisect.bisect_left(late, send - lead_s)
-        return i < len(late) and late[i] <= send + latency_ms / 1e3
+        """An episode began before the answer came and ended after ``lead_s`` before sending."""
+        j = bisect.bisect_right(firsts, send + latency_ms / 1e3)
+        return j > 0 and latest_end[j - 1] >= send - lead_s
 
     rows = []
     for path in sorted((run_dir / "load").glob("*.csv")):

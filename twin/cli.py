@@ -179,6 +179,11 @@ def format_run_summary(summary: dict, out: Path) -> str:
             lines.append("    by users' region: " + "; ".join(
                 f"{region} p{slo.get('percentile')} {_ms(r.get('slo_percentile_ms'))} "
                 f"{'met' if r.get('slo_met') else 'MISSED'}" for region, r in regions.items()))
+    engine = summary.get("engine")
+    if engine and engine.get("frames"):
+        lines.append(f"  delay engine: {engine['late_frames']:,} of {engine['frames']:,} frames sent over 0.5 ms "
+                     f"late (worst {engine['max_lateness_ms']:.1f} ms); requests under way then carry the "
+                     "emulator's delay (report: Emulator)")
     energy = summary.get("energy", {})
     for name in ("policy", "static", "oracle"):
         e = energy.get(name)

@@ -154,3 +154,13 @@ def test_import_zoo_without_coordinates_fails_then_succeeds_with_edge_length(tmp
 def test_usage_errors_exit_2():
     result = run("plan")
     assert result.returncode == 2 and "usage:" in result.stderr
+
+
+def test_run_summary_states_the_engine_running_behind(tmp_path):
+    from twin.cli import format_run_summary
+
+    summary = {"services": {}, "energy": {},
+               "engine": {"frames": 1253199, "late_frames": 47162, "max_lateness_ms": 8.801}}
+    text = format_run_summary(summary, tmp_path)
+    assert "delay engine: 47,162 of 1,253,199 frames sent over 0.5 ms late (worst 8.8 ms)" in text
+    assert "delay engine" not in format_run_summary({"services": {}, "energy": {}}, tmp_path)

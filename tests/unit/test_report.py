@@ -427,3 +427,51 @@ def test_long_runs_are_binned_and_keep_the_worst_latency(tmp_path):
     assert len(p999.get_ydata()) <= MAX_POINTS + 1
     assert max(p999.get_ydata()) == 99.0          # a one-interval spike survives the binning
     assert p999.get_xdata()[-1] == data.duration_s / 3600
+
+
+# --------------------------------------------------------------------------- the delay engine's account
+
+
+def write_engine(run_dir: Path, start_unix: float = 1_800_000_000.0) -> Path:
+    """engine.json with two late episodes on one span, 1 h and 2 h into the day (288x)."""
+    run = json.loads((run_dir / "run.json").read_text())
+    run["start_unix"] = start_unix
+    (run_dir / "run.json").write_text(json.dumps(run))
+    at = [start_unix + h * 3600 / 288 for h in (1, 2)]
+    (run_dir / "engine.json").write_text(json.dumps({"links": {
+        "fuk_osa": {"a->b": {"frames": 9000, "late_frames": 40, "max_lateness_us": 3100.0,
+                             "late_episodes": [[at[0], at[0] + 0.004, 30, 3100.0],
+                                               [at[1], at[1] + 0.001, 10, 900.0],
+                                               [start_unix - 1.0, start_unix - 1.0, 1, 600.0]]},  # warm-up
+                    "b->a": {"frames": 1000, "late_frames": 0, "max_lateness_us": 90.0, "late_episodes": []}}},
+        "transit": {"transit_carry": True, "carried_frames": 0}}))
+    return run_dir
+
+
+def test_engine_account_is_read_in_scenario_time_and_reported(tmp_path):
+    run_dir = write_engine(write_run_dir(tmp_path / "run", mode="emulated", requests=True, probes=True))
+    engine = load_run(run_dir).engine
+    assert (engine.frames, engine.late_frames, engine.max_late_ms) == (10000, 40, 3.1)
+    assert engine.t_s.tolist() == pytest.approx([3600.0, 7200.0])  # the warm-up episode left out
+    assert engine.late_ms.tolist() == [3.1, 0.9] and engine.episode_frames.tolist() == [30, 10]
+    assert engine.late_by_direction == {"fuk_osa:a->b": 40, "fuk_osa:b->a": 0}
+    build_report(run_dir)
+    html = read_html(run_dir)
+    assert "<h2>Emulator</h2>" in html and "40 (0.4%)" in html and "3.1 ms late" in html
+    assert "fuk_osa:a-&gt;b" in html and "fuk_osa:b-&gt;a" not in html  # only directions that ran late
+    assert (run_dir / "plots" / "engine.png").stat().st_size > 1000
+
+
+def test_no_engine_json_no_emulator_section(tmp_path):
+    run_dir = write_run_dir(tmp_path / "run", mode="emulated", requests=True)
+    build_report(run_dir)
+    assert "<h2>Emulator</h2>" not in read_html(run_dir)
+    assert not (run_dir / "plots" / "engine.png").exists()
+
+
+def test_malformed_engine_json_names_the_file(tmp_path):
+    run_dir = write_run_dir(tmp_path / "run", mode="emulated")
+    (run_dir / "engine.json").write_text(json.dumps({"links": {"fuk_osa": {"a->b": {"late_frames": 1}}}}))
+    with pytest.raises(TwinError) as err:
+        build_report(run_dir)
+    assert str(err.value).startswith(str(run_dir / "engine.json")) and "delay engine" in str(err.value)

@@ -71,10 +71,12 @@ def add_engine_and_load(run: Path, start_unix: float = 1_000_000.0) -> Path:
     rows += [f"{start_unix + k * 0.1},hij,fuk,i,{30.0 if k in (50, 51) else 5.0},800,ok,200" for k in range(100)]
     rows += [f"{start_unix + 2.0},hij,,,,,timeout,"]
     (run / "load" / "drive.hij.csv").write_text("\n".join(rows) + "\n")
-    late = [[start_unix + at + 0.001 * i, 900.0] for at in (5.0, 5.1) for i in range(3)]  # in requests 50, 51
+    # two episodes, inside requests 50 and 51 only; the second on the other direction
+    first = [[start_unix + 5.0, start_unix + 5.002, 3, 900.0]]
+    second = [[start_unix + 5.1, start_unix + 5.101, 2, 700.0]]
     (run / "engine.json").write_text(json.dumps({"links": {"fuk_hij": {
-        "a->b": {"frames": 10, "late_frames": 6, "late_log": late},
-        "b->a": {"frames": 10, "late_frames": 0, "late_log": []}}}}))
+        "a->b": {"frames": 10, "late_frames": 3, "late_episodes": first, "max_lateness_us": 900.0},
+        "b->a": {"frames": 10, "late_frames": 2, "late_episodes": second, "max_lateness_us": 700.0}}}}))
     return run
 
 

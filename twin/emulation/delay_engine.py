@@ -125,8 +125,9 @@ MAX_QUEUED_FRAMES = 200_000
 MAX_BLOCK_S = 0.05  # bound on a blocking wait so a stop request is seen quickly
 CARRY_WINDOW_NS = 10_000_000  # a frame back within 10 ms of its intended departure is in transit
 CARRY_KEY_BYTES = 128  # Ethernet + VLAN + IP + TCP/UDP headers with options: identifies a frame
-LATE_LOG_NS = 500_000  # frames sent this late are logged with their time, to line up with slow requests
-LATE_LOG_MAX = 5000  # per direction; the oldest entries go first
+LATE_NS = 500_000  # frames sent this late are counted, and logged by episode to line up with slow requests
+LATE_EPISODE_GAP_NS = 10_000_000  # late frames closer than this in one direction are one episode
+LATE_EPISODES_MAX = 5000  # per direction; the oldest episodes go first
 
 
 class DelayEngineError(TwinError):
@@ -882,8 +883,20 @@ class DirectionStats:
     late_sum_ns: int = 0
     late_max_ns: int = 0
     carried: int = 0  # frames scheduled from their intended departure on a previous span
-    late_frames: int = 0  # sent more than LATE_LOG_NS after their departure time
-    late_log: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATE_LOG_MAX))
+    late_frames: int = 0  # sent more than LATE_NS after their departure time
+    # [first, last intended departure (ns), frames, max lateness (ns)] per run of late frames
+    late_episodes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATE_EPISODES_MAX))
+
+    def note_late(self, departure_ns: int, late_ns: int) -> None:
+        self.late_frames += 1
+        episodes = self.late_episodes
+        if episodes and departure_ns - episodes[-1][1] <= LATE_EPISODE_GAP_NS:
+            episode = episodes[-1]
+            episode[1] = max(episode[1], departure_ns)
+            episode[2] += 1
+            episode[3] = max(episode[3], late_ns)
+        else:
+            episodes.append([departure_ns, departure_ns, 1, late_ns])
 
     def as_dict(self) -> dict:
         return {
@@ -894,8 +907,9 @@ class DirectionStats:
             "mean_lateness_us": round(self.late_sum_ns / self.frames / 1000, 3) if self.frames else 0.0,
             "max_lateness_us": round(self.late_max_ns / 1000, 3),
             "late_frames": self.late_frames,
-            # [intended departure (unix s), lateness (us)] of the last LATE_LOG_MAX late frames
-            "late_log": [[round(dep / 1e9, 6), round(late / 1000, 1)] for dep, late in self.late_log],
+            # [first, last intended departure (Unix s), frames, max lateness (us)], the last LATE_EPISODES_MAX
+            "late_episodes": [[round(first / 1e9, 6), round(last / 1e9, 6), n, round(worst / 1000, 1)]
+                              for first, last, n, worst in self.late_episodes],
         }
 
 
@@ -1127,9 +1141,8 @@ class DelayEngine:
                 st.late_sum_ns += late
                 if late > st.late_max_ns:
                     st.late_max_ns = late
-                if late > LATE_LOG_NS:
-                    st.late_frames += 1
-                    st.late_log.append((dep, late))
+                if late > LATE_NS:
+                    st.note_late(dep, late)
                 sent += 1
             if transit is not None:
                 transit.expire(now)

@@ -373,7 +373,8 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
                                 "wavelength": lp.get("wavelength"), "one_way_ms": lp.get("one_way_ms")}
                                for lp in info.get("lightpaths", [])],
                 "load_generator_failures": info.get("load_failures", []),
-                "transit_calibration": info.get("calibration"), "cpus": info.get("cpus")})
+                "transit_calibration": info.get("calibration"), "cpus": info.get("cpus"),
+                "start_unix": round(base.start_unix, 6)})
     writer.write_run(run)
     summary = {
         "format": 1, "scenario": scenario.name, "mode": "emulated", "policy": scenario.policy.name,
@@ -388,6 +389,8 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
                    "static": model.summary["energy"]["static"], "oracle": model.summary["energy"]["oracle"]},
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
+    if info.get("engine_stats"):
+        summary["engine"] = engine_summary(info["engine_stats"])
     for sid, connections in _connection_counts(run_dir / "load").items():
         if sid in summary["services"]:
             summary["services"][sid].update(connections)
@@ -396,6 +399,15 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
     if info.get("load_failures"):
         raise TwinError("load generators failed: " + "; ".join(info["load_failures"]))
     return summary
+
+
+def engine_summary(stats: dict) -> dict:
+    """The delay engine's whole run in three numbers: frames forwarded, frames sent more than
+    0.5 ms late (requests under way then carry the emulator's delay), the worst lateness."""
+    directions = [d for span in stats.get("links", {}).values() for d in span.values()]
+    return {"frames": sum(d.get("frames", 0) for d in directions),
+            "late_frames": sum(d.get("late_frames", 0) for d in directions),
+            "max_lateness_ms": round(max((d.get("max_lateness_us", 0.0) for d in directions), default=0.0) / 1e3, 3)}
 
 
 def _connection_counts(load_dir: Path) -> dict[str, dict]:

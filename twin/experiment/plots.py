@@ -18,6 +18,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from twin.experiment.rundata import PERCENTILES, RunData
 
@@ -258,6 +259,31 @@ def requests_figure(data: RunData, colours: dict[str, str]) -> Figure:
     return fig
 
 
+def engine_figure(data: RunData) -> Figure:
+    """When the delay engine ran behind: each episode of frames sent over 0.5 ms late,
+    at its start, by its worst lateness (dot area: its frames), with the migrations."""
+    fig, axes = _new_figure(1, 1.9)
+    ax = axes[0]
+    late = data.engine
+    if late is not None and len(late.t_s):
+        area = 4 + 40 * np.sqrt(late.episode_frames / max(1, int(late.episode_frames.max())))
+        ax.scatter(late.t_s / 3600.0, late.late_ms, s=area, color="#d62728", alpha=0.35, linewidths=0, zorder=2)
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(FixedLocator([0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000]))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+        ax.yaxis.set_minor_locator(NullLocator())
+    else:
+        ax.set_yticks([])
+        ax.text(0.5, 0.5, "none logged: the engine kept time", transform=ax.transAxes, ha="center",
+                va="center", fontsize=9, color="0.4")
+    ax.set_ylabel("worst lateness (ms)")
+    ax.set_title("delay engine running behind: episodes of frames sent over 0.5 ms late (area: frames)",
+                 loc="left", fontsize=9)
+    _mark_migrations(ax, migrations(data))
+    _finish_time_axis(data, axes)
+    return fig
+
+
 def make_plots(data: RunData, out_dir: Path) -> dict[str, Path]:
     """Write every plot into ``out_dir``; returns name -> path in report order."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +296,8 @@ def make_plots(data: RunData, out_dir: Path) -> dict[str, Path]:
     }
     if any(len(s.latency_ms) for s in data.requests.values()):
         figures["requests"] = lambda: requests_figure(data, colours)
+    if data.engine is not None:
+        figures["engine"] = lambda: engine_figure(data)
     paths = {}
     for name, build in figures.items():
         path = out_dir / f"{name}.png"

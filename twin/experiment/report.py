@@ -378,6 +378,23 @@ def _requests_section(data: RunData, plots: dict[str, Path]) -> str:
     return "<section><h2>Requests (every request recorded)</h2>" + body + "</section>"
 
 
+def _engine_section(data: RunData, plots: dict[str, Path]) -> str:
+    late = data.engine
+    if late is None:
+        return ""
+    share = late.late_frames / late.frames if late.frames else 0.0
+    body = (f"<p>The userspace delay engine forwarded {late.frames:,} frames on the run's spans; "
+            f"{late.late_frames:,} ({share:.1%}) left more than 0.5 ms after their time, the worst "
+            f"{late.max_late_ms:.1f} ms late. A request under way then carries the emulator's own delay on top "
+            "of the modelled network's; <code>benchmarks/slo_tail.py --engine</code> counts those requests.</p>")
+    worst = sorted(((n, d) for d, n in late.late_by_direction.items() if n), reverse=True)[:5]
+    if worst:
+        body += _table(["span direction", "late frames"], [[esc(d), num(n, ",")] for n, d in worst], "num")
+    if "engine" in plots:
+        body += _img(plots["engine"], "episodes of frames the delay engine sent late")
+    return "<section><h2>Emulator</h2>" + body + "</section>"
+
+
 def _probes_section(data: RunData) -> str:
     if not data.probes:
         return ""
@@ -506,11 +523,13 @@ def render_html(data: RunData, plots: dict[str, Path]) -> str:
         "</section>",
         "<section><h2>Energy</h2>", _energy_section(data, plots), "</section>",
         _requests_section(data, plots),
+        _engine_section(data, plots),
         _probes_section(data),
         "<section><h2>Decision log</h2>", _decision_log(data), "</section>",
         f'<p class="note">Made by twin report from {esc(data.run_dir.name)}/ '
         f'(run.json, events.jsonl, signals.csv, placements.csv, latency.csv, summary.json'
-        f'{", requests/" if data.requests else ""}{", probes.csv" if data.probes else ""}).</p>',
+        f'{", requests/" if data.requests else ""}{", probes.csv" if data.probes else ""}'
+        f'{", engine.json" if data.engine else ""}).</p>',
         "</body></html>",
     ]
     return "\n".join(parts)

@@ -80,6 +80,20 @@ class ProbeSeries:
 
 
 @dataclass
+class EngineLate:
+    """What engine.json recorded (userspace link backend): frames forwarded, and those sent
+    more than 0.5 ms late, in scenario time."""
+
+    frames: int
+    late_frames: int
+    max_late_ms: float
+    t_s: np.ndarray                 # scenario time each logged episode of late frames began
+    late_ms: np.ndarray             # its worst lateness
+    episode_frames: np.ndarray      # its late frames
+    late_by_direction: dict[str, int]  # "span:a->b" -> late frames
+
+
+@dataclass
 class RunData:
     run_dir: Path
     run: dict
@@ -91,6 +105,7 @@ class RunData:
     latency: dict[str, LatencySeries]                 # by service
     requests: dict[str, RequestStats] = field(default_factory=dict)
     probes: dict[tuple[str, str, str], ProbeSeries] = field(default_factory=dict)
+    engine: EngineLate | None = None
     duration_s: float = 0.0
 
     @property
@@ -358,6 +373,45 @@ def _load_probes(path: Path) -> dict[tuple[str, str, str], ProbeSeries]:
     return out
 
 
+def scenario_start_unix(run: dict, events: list[dict]) -> float | None:
+    """Wall clock (Unix s) of scenario time 0: run.json's ``start_unix``, or (older runs)
+    from the events' ``wall`` stamps; None for a model-only run."""
+    if _is_number(run.get("start_unix")):
+        return float(run["start_unix"])
+    compression = float(run["time_compression"]) if _is_number(run.get("time_compression")) else 1.0
+    starts = [e["wall"] - e["t"] / compression for e in events if _is_number(e.get("wall"))]
+    return min(starts) if starts else None
+
+
+def _load_engine(path: Path, run: dict, events: list[dict]) -> EngineLate:
+    doc = _load_json_object(path, ("links",))
+    frames = late = 0
+    max_us = 0.0
+    episodes: list[tuple[float, float, int]] = []
+    by_direction: dict[str, int] = {}
+    try:
+        for span, directions in doc["links"].items():
+            for direction, d in directions.items():
+                frames += int(d["frames"])
+                late += int(d.get("late_frames", 0))
+                max_us = max(max_us, float(d.get("max_lateness_us", 0.0)))
+                by_direction[f"{span}:{direction}"] = int(d.get("late_frames", 0))
+                episodes += [(float(first), float(us) / 1e3, int(n)) for first, _last, n, us in d.get("late_episodes", [])]
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise RunDirError(f"{path}: not the delay engine's stats ({err!r}); {REMAKE}") from None
+    episodes.sort()
+    start = scenario_start_unix(run, events)
+    compression = float(run["time_compression"]) if _is_number(run.get("time_compression")) else 1.0
+    if start is None:
+        episodes = []
+    t_s = np.array([(first - start) * compression for first, _, _ in episodes], dtype=float)
+    keep = t_s >= 0  # not the clients' warm-up before scenario time 0
+    return EngineLate(frames=frames, late_frames=late, max_late_ms=max_us / 1e3, t_s=t_s[keep],
+                      late_ms=np.array([ms for _, ms, _ in episodes], dtype=float)[keep],
+                      episode_frames=np.array([n for _, _, n in episodes], dtype=int)[keep],
+                      late_by_direction=by_direction)
+
+
 def load_run(run_dir: Path) -> RunData:
     """Read every file of a run directory the report uses.
 
@@ -394,6 +448,8 @@ def load_run(run_dir: Path) -> RunData:
         data.requests = _load_requests(run_dir / "requests")
     if (run_dir / "probes.csv").is_file():
         data.probes = _load_probes(run_dir / "probes.csv")
+    if (run_dir / "engine.json").is_file():
+        data.engine = _load_engine(run_dir / "engine.json", run, events)
     duration = run.get("duration")
     if _is_number(duration) and duration > 0:
         data.duration_s = float(duration)
