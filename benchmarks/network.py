@@ -427,6 +427,7 @@ def engine_summary(stats: dict | None) -> dict | None:
     worst = max(stats["links"].items(), key=lambda kv: max(d.get("max_lateness_us", 0) for d in kv[1].values()))
     return {"links": len(stats["links"]), "frames": sum(d.get("frames", 0) for d in dirs),
             "drops": sum(d.get("drops", 0) for d in dirs),
+            "late_frames": sum(d.get("late_frames", 0) for d in dirs),  # sent over 0.5 ms late
             "max_lateness_us": max((d.get("max_lateness_us", 0) for d in dirs), default=0),
             "mean_lateness_us": round(sum(d.get("mean_lateness_us", 0) * d.get("frames", 0) for d in dirs)
                                       / max(1, sum(d.get("frames", 0) for d in dirs)), 1),

@@ -39,6 +39,7 @@ from twin.experiment.analysis import (
     migration_effects,
     service_summary,
 )
+from twin.experiment.rundata import engine_totals
 from twin.experiment.rundir import RunDirWriter, write_json
 from twin.model import energy
 from twin.model.optics import OpticalNetwork
@@ -390,7 +391,7 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
     if info.get("engine_stats"):
-        summary["engine"] = engine_summary(info["engine_stats"])
+        summary["engine"] = engine_totals(info["engine_stats"])
     for sid, connections in _connection_counts(run_dir / "load").items():
         if sid in summary["services"]:
             summary["services"][sid].update(connections)
@@ -399,15 +400,6 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
     if info.get("load_failures"):
         raise TwinError("load generators failed: " + "; ".join(info["load_failures"]))
     return summary
-
-
-def engine_summary(stats: dict) -> dict:
-    """The delay engine's whole run in three numbers: frames forwarded, frames sent more than
-    0.5 ms late (requests under way then carry the emulator's delay), the worst lateness."""
-    directions = [d for span in stats.get("links", {}).values() for d in span.values()]
-    return {"frames": sum(d.get("frames", 0) for d in directions),
-            "late_frames": sum(d.get("late_frames", 0) for d in directions),
-            "max_lateness_ms": round(max((d.get("max_lateness_us", 0.0) for d in directions), default=0.0) / 1e3, 3)}
 
 
 def _connection_counts(load_dir: Path) -> dict[str, dict]:

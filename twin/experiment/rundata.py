@@ -383,30 +383,39 @@ def scenario_start_unix(run: dict, events: list[dict]) -> float | None:
     return min(starts) if starts else None
 
 
+def engine_totals(stats: dict) -> dict:
+    """The delay engine's stats (engine.json) in three numbers: frames forwarded, frames sent
+    more than 0.5 ms late, the worst lateness (ms). summary.json's ``engine``.
+
+    Raises:
+        KeyError, TypeError, ValueError, AttributeError: not the engine's stats.
+    """
+    directions = [d for span in stats["links"].values() for d in span.values()]
+    return {"frames": sum(int(d["frames"]) for d in directions),
+            "late_frames": sum(int(d.get("late_frames", 0)) for d in directions),
+            "max_lateness_ms": round(max((float(d.get("max_lateness_us", 0.0)) for d in directions),
+                                         default=0.0) / 1e3, 3)}
+
+
 def _load_engine(path: Path, run: dict, events: list[dict]) -> EngineLate:
     doc = _load_json_object(path, ("links",))
-    frames = late = 0
-    max_us = 0.0
-    episodes: list[tuple[float, float, int]] = []
-    by_direction: dict[str, int] = {}
     try:
-        for span, directions in doc["links"].items():
-            for direction, d in directions.items():
-                frames += int(d["frames"])
-                late += int(d.get("late_frames", 0))
-                max_us = max(max_us, float(d.get("max_lateness_us", 0.0)))
-                by_direction[f"{span}:{direction}"] = int(d.get("late_frames", 0))
-                episodes += [(float(first), float(us) / 1e3, int(n)) for first, _last, n, us in d.get("late_episodes", [])]
+        totals = engine_totals(doc)
+        by_direction = {f"{span}:{direction}": int(d.get("late_frames", 0))
+                        for span, directions in doc["links"].items() for direction, d in directions.items()}
+        episodes = sorted((float(first), float(us) / 1e3, int(n))
+                          for directions in doc["links"].values() for d in directions.values()
+                          for first, _last, n, us in d.get("late_episodes", []))
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise RunDirError(f"{path}: not the delay engine's stats ({err!r}); {REMAKE}") from None
-    episodes.sort()
     start = scenario_start_unix(run, events)
     compression = float(run["time_compression"]) if _is_number(run.get("time_compression")) else 1.0
     if start is None:
         episodes = []
     t_s = np.array([(first - start) * compression for first, _, _ in episodes], dtype=float)
     keep = t_s >= 0  # not the clients' warm-up before scenario time 0
-    return EngineLate(frames=frames, late_frames=late, max_late_ms=max_us / 1e3, t_s=t_s[keep],
+    return EngineLate(frames=totals["frames"], late_frames=totals["late_frames"],
+                      max_late_ms=totals["max_lateness_ms"], t_s=t_s[keep],
                       late_ms=np.array([ms for _, ms, _ in episodes], dtype=float)[keep],
                       episode_frames=np.array([n for _, _, n in episodes], dtype=int)[keep],
                       late_by_direction=by_direction)
