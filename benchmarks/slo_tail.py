@@ -23,9 +23,7 @@ the engine falling behind.
 from __future__ import annotations
 
 import argparse
-import bisect
 import csv
-import itertools
 import json
 import sys
 from pathlib import Path
@@ -33,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import write_result  # noqa: E402
+from twin.experiment.analysis import EngineBehind  # noqa: E402
 from twin.experiment.rundata import scenario_start_unix  # noqa: E402
 from twin.tables import format_table  # noqa: E402
 from twin.workloads.stats import percentile  # noqa: E402
@@ -87,27 +86,17 @@ def tail_table(run_dir: Path, *, margin_s: float = 2.0, only: str | None = None)
     return rows
 
 
-def engine_overlap(run_dir: Path, *, only: str | None = None, lead_s: float = 0.002) -> list[dict]:
+def engine_overlap(run_dir: Path, *, only: str | None = None) -> list[dict]:
     """Per service and region: requests (all, over budget) and how many met a late engine frame."""
     run, events, _requests = _load(run_dir)
     try:
-        links = json.loads((run_dir / "engine.json").read_text())["links"]
-    except (OSError, ValueError, KeyError) as err:
+        behind = EngineBehind.from_stats(json.loads((run_dir / "engine.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise TailError(f"{run_dir / 'engine.json'}: not readable ({err}); --engine needs a run whose spans "
                         "went through the userspace delay engine (run.json link_backend 'userspace')")
-    # Episodes of late frames, by first departure; latest_end[i]: the latest end among the first i + 1.
-    episodes = sorted((first, last) for link in links.values() for d in link.values()
-                      for first, last, _frames, _worst_us in d.get("late_episodes", []))
-    firsts = [first for first, _ in episodes]
-    latest_end = list(itertools.accumulate((last for _, last in episodes), max))
     start = scenario_start_unix(run, events)
     start_unix = start if start is not None else float("-inf")
     budgets = {s["id"]: float(s["slo"]["latency_ms"]) for s in run.get("services", [])}
-
-    def met_late(send: float, latency_ms: float) -> bool:
-        """An episode began before the answer came and ended after ``lead_s`` before sending."""
-        j = bisect.bisect_right(firsts, send + latency_ms / 1e3)
-        return j > 0 and latest_end[j - 1] >= send - lead_s
 
     rows = []
     for path in sorted((run_dir / "load").glob("*.csv")):
@@ -119,8 +108,8 @@ def engine_overlap(run_dir: Path, *, only: str | None = None, lead_s: float = 0.
                         if r["outcome"] == "ok" and r["latency_ms"] and float(r["send_unix"]) >= start_unix]
         over = [(t, lat) for t, lat in answered if lat > budgets[service]]
         rows.append({"service": service, "region": region, "budget_ms": budgets[service],
-                     "requests": len(answered), "requests_meeting_late": sum(met_late(*a) for a in answered),
-                     "over_budget": len(over), "over_budget_meeting_late": sum(met_late(*a) for a in over)})
+                     "requests": len(answered), "requests_meeting_late": sum(behind.met(*a) for a in answered),
+                     "over_budget": len(over), "over_budget_meeting_late": sum(behind.met(*a) for a in over)})
     return rows
 
 

@@ -178,7 +178,7 @@ def format_run_summary(summary: dict, out: Path) -> str:
         if len(regions) > 1:  # one region's verdict is the service's
             lines.append("    by users' region: " + "; ".join(
                 f"{region} p{slo.get('percentile')} {_ms(r.get('slo_percentile_ms'))} "
-                f"{'met' if r.get('slo_met') else 'MISSED'}" for region, r in regions.items()))
+                f"{'met' if r.get('slo_met') else 'MISSED'}{_behind(r)}" for region, r in regions.items()))
     engine = summary.get("engine")
     if engine and engine.get("frames"):
         lines.append(f"  delay engine: {engine['late_frames']:,} of {engine['frames']:,} frames sent over 0.5 ms "
@@ -191,6 +191,14 @@ def format_run_summary(summary: dict, out: Path) -> str:
             lines.append(f"  energy {name:>6}: {e['kwh']:.2f} kWh, {e['surplus_kwh']:.2f} kWh from surplus, "
                          f"{e['kg_co2']:.2f} kg CO2")
     return "\n".join(lines)
+
+
+def _behind(region: dict) -> str:
+    """How many of a region's requests over budget met the delay engine running behind."""
+    over, behind = region.get("over_budget"), region.get("over_budget_engine_behind")
+    if not over or behind is None:
+        return ""
+    return f" ({over} over budget, {behind} of them while the delay engine ran behind)"
 
 
 def _ms(value) -> str:

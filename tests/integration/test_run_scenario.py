@@ -77,6 +77,9 @@ def test_emulated_run_directory_is_complete(runs):
         for direction in (d for span in links.values() for d in span.values()):
             episodes = direction["late_episodes"]
             assert len(episodes) == 5000 or sum(e[2] for e in episodes) == direction["late_frames"]
+        for service in load(run_dir, "summary.json")["services"].values():
+            for region in service["regions"].values():
+                assert 0 <= region["over_budget_engine_behind"] <= region["over_budget"]
         engine = load(run_dir, "summary.json")["engine"]
         assert engine["frames"] == sum(d["frames"] for span in links.values() for d in span.values())
         assert "<h2>Emulator</h2>" in (run_dir / "report.html").read_text()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from twin.experiment.analysis import TimeBase, interruption_ms, latency_rows, migration_effects, service_summary
+from twin.experiment.analysis import (EngineBehind, TimeBase, interruption_ms, latency_rows, migration_effects,
+                                      service_summary)
 from twin.workloads.stats import RequestRecord
 
 
@@ -82,3 +83,29 @@ def test_service_summary_gives_each_user_region_its_own_verdict():
     failed = [rec(20.0 + i, "timeout", region="fuk") for i in range(2)]
     assert not service_summary(near + failed, slo_ms=12.0, percentile_pct=99.9, jitter_budget_ms=None,
                                migrations=[])["regions"]["fuk"]["slo_met"]  # 2 failed in 1,002 > 0.1 %
+
+
+def test_engine_behind_meets_requests_under_way_only():
+    behind = EngineBehind([(10.000, 10.004), (20.0, 20.0)])
+    assert behind.met(9.990, 15.0)          # under way when the episode began
+    assert behind.met(10.005, 1.0)          # sent within 2 ms after it ended: its frames may have waited
+    assert not behind.met(10.007, 1.0)      # sent after that
+    assert not behind.met(9.980, 5.0)       # answered before it began
+    assert behind.met(19.999, 2.0) and not behind.met(20.003, 5.0)
+    # a long episode that began early still covers requests long after later, short ones
+    assert EngineBehind([(9.0, 30.0), (10.0, 10.004)]).met(25.0, 1.0)
+    assert not EngineBehind([]).met(10.0, 1.0)
+
+
+def test_engine_behind_from_stats_and_in_the_regions():
+    stats = {"links": {"fuk_hij": {"a->b": {"late_episodes": [[100.0, 100.01, 12, 2500.0]]},
+                                   "b->a": {"late_episodes": []}}}}
+    behind = EngineBehind.from_stats(stats)
+    records = [rec(99.995, latency_ms=15.0, region="hij"), rec(50.0, latency_ms=15.0, region="hij"),
+               rec(100.0, latency_ms=5.0, region="hij"), rec(10.0, latency_ms=2.0, region="fuk")]
+    regions = service_summary(records, slo_ms=12.0, percentile_pct=99.9, jitter_budget_ms=None, migrations=[],
+                              engine_behind=behind)["regions"]
+    assert regions["hij"]["over_budget"] == 2 and regions["hij"]["over_budget_engine_behind"] == 1
+    assert regions["fuk"]["over_budget"] == 0 and regions["fuk"]["over_budget_engine_behind"] == 0
+    plain = service_summary(records, slo_ms=12.0, percentile_pct=99.9, jitter_budget_ms=None, migrations=[])
+    assert "over_budget_engine_behind" not in plain["regions"]["hij"]

@@ -164,3 +164,16 @@ def test_run_summary_states_the_engine_running_behind(tmp_path):
     text = format_run_summary(summary, tmp_path)
     assert "delay engine: 47,162 of 1,253,199 frames sent over 0.5 ms late (worst 8.8 ms)" in text
     assert "delay engine" not in format_run_summary({"services": {}, "energy": {}}, tmp_path)
+
+
+def test_run_summary_says_which_slow_requests_met_the_engine_behind(tmp_path):
+    from twin.cli import format_run_summary
+
+    regions = {"fuk": {"slo_percentile_ms": 9.9, "slo_met": True, "over_budget": 0, "over_budget_engine_behind": 0},
+               "hij": {"slo_percentile_ms": 16.1, "slo_met": False, "over_budget": 58,
+                       "over_budget_engine_behind": 51}}
+    summary = {"services": {"drive": {"requests": 10, "slo": {"latency_ms": 12.0, "percentile": 99.9},
+                                      "regions": regions}}, "energy": {}}
+    text = format_run_summary(summary, tmp_path)
+    assert "fuk p99.9 9.90 ms met; hij p99.9 16.10 ms MISSED (58 over budget, 51 of them while the delay " \
+           "engine ran behind)" in text

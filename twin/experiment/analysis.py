@@ -20,6 +20,8 @@ Two measures of a migration's cost to clients, both reported:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -106,8 +108,38 @@ def _latency_slo(records: list[RequestRecord], slo_ms: float, percentile_pct: fl
     return at, at is not None and at <= slo_ms and ok_share >= percentile_pct / 100.0
 
 
-def region_summaries(records: Iterable[RequestRecord], slo_ms: float, percentile_pct: float) -> dict[str, dict]:
-    """Per user region: what its users saw, and whether the latency SLO held for them alone."""
+class EngineBehind:
+    """When the userspace delay engine ran behind: its episodes of frames sent over 0.5 ms
+    late (engine.json ``late_episodes``, Unix s). A request that met one while under way (from
+    ``LEAD_S`` before it was sent to its answer) may carry the emulator's own delay."""
+
+    LEAD_S = 0.002  # a frame of the request may have waited in the engine just before
+
+    def __init__(self, episodes: Iterable[tuple[float, float]]):
+        ordered = sorted(episodes)
+        self._firsts = [first for first, _ in ordered]
+        # the latest end among the first i + 1 episodes: one lookup answers "any overlap?"
+        self._latest_end = list(itertools.accumulate((last for _, last in ordered), max))
+
+    @classmethod
+    def from_stats(cls, stats: dict) -> "EngineBehind":
+        """From the engine's stats (engine.json).
+
+        Raises:
+            KeyError, TypeError, ValueError, AttributeError: not the engine's stats.
+        """
+        return cls((float(first), float(last)) for span in stats["links"].values() for d in span.values()
+                   for first, last, _frames, _worst_us in d.get("late_episodes", []))
+
+    def met(self, send_unix: float, latency_ms: float) -> bool:
+        j = bisect.bisect_right(self._firsts, send_unix + latency_ms / 1e3)
+        return j > 0 and self._latest_end[j - 1] >= send_unix - self.LEAD_S
+
+
+def region_summaries(records: Iterable[RequestRecord], slo_ms: float, percentile_pct: float,
+                     engine_behind: EngineBehind | None = None) -> dict[str, dict]:
+    """Per user region: what its users saw, and whether the latency SLO held for them alone;
+    with ``engine_behind``, how many of its requests over budget met the delay engine behind."""
     by_region: dict[str, list[RequestRecord]] = {}
     for r in records:
         by_region.setdefault(r.region, []).append(r)
@@ -115,13 +147,19 @@ def region_summaries(records: Iterable[RequestRecord], slo_ms: float, percentile
     for region, rows in sorted(by_region.items()):
         s = summarize(rows, slo_ms)
         at, met = _latency_slo(rows, slo_ms, percentile_pct)
+        over = [r for r in rows if r.ok and r.latency_ms is not None and r.latency_ms > slo_ms]
         out[region] = {"requests": s.requests, "failed": s.failed, "p50_ms": s.p50_ms, "p99_ms": s.p99_ms,
-                       "p999_ms": s.p999_ms, "slo_percentile_ms": at, "slo_met": bool(met)}
+                       "p999_ms": s.p999_ms, "slo_percentile_ms": at, "slo_met": bool(met),
+                       "over_budget": len(over)}
+        if engine_behind is not None:
+            out[region]["over_budget_engine_behind"] = sum(engine_behind.met(r.send_unix, r.latency_ms)
+                                                           for r in over)
     return out
 
 
 def service_summary(records: Iterable[RequestRecord], *, slo_ms: float, percentile_pct: float,
-                    jitter_budget_ms: float | None, migrations: Sequence[dict]) -> dict:
+                    jitter_budget_ms: float | None, migrations: Sequence[dict],
+                    engine_behind: EngineBehind | None = None) -> dict:
     """The per-service block of summary.json."""
     records = list(records)
     s = summarize(records, slo_ms)
@@ -141,5 +179,5 @@ def service_summary(records: Iterable[RequestRecord], *, slo_ms: float, percenti
         "interruption_ms_max": max((float(m.get("interruption_ms") or 0.0) for m in ok_moves), default=0.0),
         "sites": {site: round(n / total, 4) for site, n in sorted(s.sites.items())} if total else {},
         "outcomes": s.outcomes,
-        "regions": region_summaries(records, slo_ms, percentile_pct),
+        "regions": region_summaries(records, slo_ms, percentile_pct, engine_behind),
     }

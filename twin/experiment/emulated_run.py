@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from twin.errors import NoPathError, TwinError
 from twin.experiment.analysis import (
+    EngineBehind,
     TimeBase,
     latency_rows,
     migration_effects,
@@ -377,21 +378,23 @@ def _write_run_directory(writer: RunDirWriter, scenario: Scenario, topology: Top
                 "transit_calibration": info.get("calibration"), "cpus": info.get("cpus"),
                 "start_unix": round(base.start_unix, 6)})
     writer.write_run(run)
+    engine_stats = info.get("engine_stats")
+    behind = EngineBehind.from_stats(engine_stats) if engine_stats else None
     summary = {
         "format": 1, "scenario": scenario.name, "mode": "emulated", "policy": scenario.policy.name,
         "migration_strategy": strategy, "wall_seconds": info["wall_seconds"], "warm_up": warm_up,
         "services": {s.id: service_summary(all_records[s.id], slo_ms=s.slo.latency * 1e3,
                                            percentile_pct=s.slo.percentile,
                                            jitter_budget_ms=None if s.slo.jitter is None else s.slo.jitter * 1e3,
-                                           migrations=migrations_by_service[s.id])
+                                           migrations=migrations_by_service[s.id], engine_behind=behind)
                      for s in scenario.services},
         "energy": {"policy": {"kwh": round(used.kwh, 6), "surplus_kwh": round(used.surplus_kwh, 6),
                               "kg_co2": round(used.kg_co2, 6)},
                    "static": model.summary["energy"]["static"], "oracle": model.summary["energy"]["oracle"]},
         "machine": {"python": platform.python_version(), "platform": platform.platform()},
     }
-    if info.get("engine_stats"):
-        summary["engine"] = engine_totals(info["engine_stats"])
+    if engine_stats:
+        summary["engine"] = engine_totals(engine_stats)
     for sid, connections in _connection_counts(run_dir / "load").items():
         if sid in summary["services"]:
             summary["services"][sid].update(connections)
