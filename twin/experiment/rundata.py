@@ -373,12 +373,17 @@ def _load_probes(path: Path) -> dict[tuple[str, str, str], ProbeSeries]:
     return out
 
 
+def _compression(run: dict) -> float:
+    """Scenario seconds per wall second (run.json ``time_compression``; 1 when absent)."""
+    return float(run["time_compression"]) if _is_number(run.get("time_compression")) else 1.0
+
+
 def scenario_start_unix(run: dict, events: list[dict]) -> float | None:
     """Wall clock (Unix s) of scenario time 0: run.json's ``start_unix``, or (older runs)
     from the events' ``wall`` stamps; None for a model-only run."""
     if _is_number(run.get("start_unix")):
         return float(run["start_unix"])
-    compression = float(run["time_compression"]) if _is_number(run.get("time_compression")) else 1.0
+    compression = _compression(run)
     starts = [e["wall"] - e["t"] / compression for e in events if _is_number(e.get("wall"))]
     return min(starts) if starts else None
 
@@ -409,10 +414,9 @@ def _load_engine(path: Path, run: dict, events: list[dict]) -> EngineLate:
     except (AttributeError, KeyError, TypeError, ValueError) as err:
         raise RunDirError(f"{path}: not the delay engine's stats ({err!r}); {REMAKE}") from None
     start = scenario_start_unix(run, events)
-    compression = float(run["time_compression"]) if _is_number(run.get("time_compression")) else 1.0
     if start is None:
         episodes = []
-    t_s = np.array([(first - start) * compression for first, _, _ in episodes], dtype=float)
+    t_s = np.array([(first - start) * _compression(run) for first, _, _ in episodes], dtype=float)
     keep = t_s >= 0  # not the clients' warm-up before scenario time 0
     return EngineLate(frames=totals["frames"], late_frames=totals["late_frames"],
                       max_late_ms=totals["max_lateness_ms"], t_s=t_s[keep],
