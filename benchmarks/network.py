@@ -543,6 +543,8 @@ def main() -> int:
                         help="leave the emulator's per-span transit time in the delays (TwinSession.calibrate_transit)")
     parser.add_argument("--no-transit-carry", action="store_true",
                         help="the delay engine schedules transit frames from their arrival (delay_engine.TransitMemory)")
+    parser.add_argument("--strict-order", action="store_true",
+                        help="a behind delay engine sends in departure order, not lane by lane (FairDepartures)")
     parser.add_argument("--periodic", action="store_true", help="periodic probes instead of Poisson spacing")
     parser.add_argument("--no-cpu-partition", action="store_true",
                         help="let the engine and OVS's PMD thread share every CPU (default: a CPU of their own, "
@@ -592,8 +594,9 @@ def main() -> int:
                           calibrate=not args.no_calibrate,
                           cpu_layout="shared" if args.no_cpu_partition else args.cpu_layout,
                           idle_poll=args.idle_poll,
-                          transit_carry=not args.no_transit_carry)
+                          transit_carry=not args.no_transit_carry, engine_turns=not args.strict_order)
     doc["settings"].update({"calibrate": not args.no_calibrate, "transit_carry": not args.no_transit_carry,
+                            "engine_turns": not args.strict_order,
                             "cpu_layout": session.cpu_layout, "idle_poll_cpus": sorted(session.idle_poll_cpus),
                             "probe_spacing": "periodic" if args.periodic
                             else "poisson", "port_type": args.port_type, "pmd_maxsleep_us": session.pmd_maxsleep_us,

@@ -12,8 +12,19 @@ Guarantees, per link and per direction:
   departure in that direction): frames are never reordered. Jitter larger than
   the gap between frames therefore becomes extra delay, as with netem + rate.
 * frames are not dropped below the configured rate; the only drops are frames
-  larger than the receive buffer, send errors and an overflow of
-  ``MAX_QUEUED_FRAMES`` per direction (memory guard), all counted in the stats.
+  larger than the receive buffer, send errors, an overflow of
+  ``MAX_QUEUED_FRAMES`` per direction (memory guard) and, when the engine is
+  overloaded, frames it could not send within ``OVERLOAD_NS`` of their
+  departure; all counted in the stats.
+
+When the engine runs behind (more frames due than it can send), the shortfall
+stays with the wavelengths that cause it, as far as one process can do that:
+every channel of every direction has its own queue (a :class:`Lane`), due
+lanes take turns one frame each (:class:`FairDepartures`), and a ring that
+fills up is drained in bigger batches so the backlog waits in the lanes rather
+than in the kernel's ring, which all channels of a direction share. A probe on
+one wavelength beside a flood on another then waits for about one flood frame,
+not for the flood's backlog (``tests/integration/test_delay_engine.py``).
 
 Timing, and why it is done this way (measured on a 2-vCPU Debian 12 VM):
 
@@ -97,6 +108,7 @@ PACKET_MR_PROMISC = 1
 PACKET_IGNORE_OUTGOING = 23
 PACKET_QDISC_BYPASS = 20
 PACKET_RX_RING = 5
+PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 TPACKET_V2 = 1
 TP_STATUS_USER = 0x1
@@ -118,6 +130,7 @@ TFD_TIMER_ABSTIME = 1
 
 DEFAULT_SPIN_US = 100.0
 RECV_BATCH = 64
+RECV_BATCHES = 4  # a behind engine takes up to this many batches from a ring at once (see drain)
 SEND_BATCH = 64
 POLL_SPIN_NS = 15_000  # last stretch before a departure is a pure spin
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
@@ -125,6 +138,7 @@ MAX_QUEUED_FRAMES = 200_000
 MAX_BLOCK_S = 0.05  # bound on a blocking wait so a stop request is seen quickly
 CARRY_WINDOW_NS = 10_000_000  # a frame back within 10 ms of its intended departure is in transit
 CARRY_KEY_BYTES = 128  # Ethernet + VLAN + IP + TCP/UDP headers with options: identifies a frame
+OVERLOAD_NS = 100_000_000  # a frame the engine could not send within this of its departure is dropped
 LATE_NS = 500_000  # frames sent this late are counted, and logged by episode to line up with slow requests
 LATE_EPISODE_GAP_NS = 10_000_000  # late frames closer than this in one direction are one episode
 LATE_EPISODES_MAX = 5000  # per direction; the oldest episodes go first
@@ -631,9 +645,96 @@ class ChannelStats:
     frames: int = 0
     bytes: int = 0
     paced_drops: int = 0
+    late_frames: int = 0  # sent more than LATE_NS late: which wavelength bore the engine's shortfall
 
     def as_dict(self) -> dict:
-        return {"frames": self.frames, "bytes": self.bytes, "paced_drops": self.paced_drops}
+        return {"frames": self.frames, "bytes": self.bytes, "paced_drops": self.paced_drops,
+                "late_frames": self.late_frames}
+
+
+class Lane:
+    """The frames of one channel in one direction waiting to leave, in departure order.
+
+    Departures within a lane never decrease (:class:`DepartureScheduler`), so a
+    FIFO is enough; ``owner`` is whatever the engine needs to send them (its
+    socket and stats), ``stats`` the channel's counters."""
+
+    __slots__ = ("name", "frames", "owner", "stats")
+
+    def __init__(self, name: str, stats: "ChannelStats | None" = None):
+        self.name = name
+        self.frames: collections.deque = collections.deque()
+        self.owner = None
+        self.stats = stats
+
+
+class FairDepartures:
+    """When each waiting frame leaves, across all lanes (pure; no sockets).
+
+    On time, frames leave in departure order, as from one timer heap. When the
+    engine runs behind (several lanes hold frames already due), lanes take turns
+    one frame each instead: a wavelength with one frame due waits for at most one
+    frame of every other busy lane, not for a whole backlog of bulk frames that
+    fell due earlier on other spans. On real fibre, one wavelength's traffic never
+    delays another's; this keeps the emulator's own shortfall where the load is.
+    Order within a lane is kept.
+
+    >>> fair = FairDepartures(); bulk, probe = Lane("bulk"), Lane("probe")
+    >>> for t in range(4): fair.push(bulk, t, f"b{t}")
+    >>> fair.push(probe, 3, "p")
+    >>> [fair.pop_due(10)[2] for _ in range(5)]    # at t=10 all are due: turns, not departure order
+    ['b0', 'p', 'b1', 'b2', 'b3']
+    >>> fair.pop_due(10) is None, len(fair)
+    (True, 0)
+    """
+
+    def __init__(self, turns: bool = True) -> None:
+        self.turns = turns  # False: strict departure order even when behind (for comparison)
+        self._timed: list = []                       # (head departure, tie-break, lane) of lanes not yet due
+        self._ready: collections.deque = collections.deque()  # lanes whose head is due, in turn order
+        self._tie = itertools.count()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, lane: Lane, departure_ns: int, frame) -> None:
+        frames = lane.frames
+        frames.append((departure_ns, frame))
+        if len(frames) == 1:
+            heapq.heappush(self._timed, (departure_ns, next(self._tie), lane))
+        self._size += 1
+
+    def next_departure_ns(self) -> int | None:
+        """The earliest departure still waiting (in the past when the engine is behind), or None."""
+        if self._ready:
+            return self._ready[0].frames[0][0]
+        if self._timed:
+            return self._timed[0][0]
+        return None
+
+    def pop_due(self, now_ns: int) -> tuple[int, Lane, object] | None:
+        """The next frame to send at ``now_ns`` as (departure, lane, frame), or None if none is due."""
+        timed, ready = self._timed, self._ready
+        if not self.turns:
+            if timed and timed[0][0] <= now_ns:
+                ready.append(heapq.heappop(timed)[2])
+        else:
+            while timed and timed[0][0] <= now_ns:
+                ready.append(heapq.heappop(timed)[2])
+        if not ready:
+            return None
+        lane = ready.popleft()
+        frames = lane.frames
+        departure_ns, frame = frames.popleft()
+        if frames:
+            head = frames[0][0]
+            if head <= now_ns and self.turns:
+                ready.append(lane)
+            else:
+                heapq.heappush(timed, (head, next(self._tie), lane))
+        self._size -= 1
+        return departure_ns, lane, frame
 
 
 class DirectionQueues:
@@ -648,10 +749,14 @@ class DirectionQueues:
     def __init__(self, link: LinkSpec, direction: int):
         self.channels: dict[int | None, DepartureScheduler] = {}
         self.stats: dict[int | None, ChannelStats] = {}
+        self.lanes: dict[int | None, Lane] = {}
         self.catch_all: DepartureScheduler | None = None
+        arrow = ("a->b", "b->a")[direction]
         for channel in link.channel_specs():
             sched = _scheduler(channel, direction)
             self.stats[channel.vid] = ChannelStats()
+            self.lanes[channel.vid] = Lane(f"{link.name}:{arrow}:{'all' if channel.vid == ANY_VID else channel.vid}",
+                                           self.stats[channel.vid])
             if channel.vid == ANY_VID:
                 self.catch_all = sched
             else:
@@ -659,6 +764,13 @@ class DirectionQueues:
         self.unknown_vid = 0
 
     def admit(self, arrival_ns: int, vid: int | None, frame_bytes: int, transit: bool = False) -> int | None:
+        """The frame's departure time, or None when it is dropped."""
+        admitted = self.admit_to_lane(arrival_ns, vid, frame_bytes, transit)
+        return None if admitted is None else admitted[0]
+
+    def admit_to_lane(self, arrival_ns: int, vid: int | None, frame_bytes: int,
+                      transit: bool = False) -> tuple[int, Lane] | None:
+        """The frame's departure time and the lane (its channel's queue) it waits in, or None."""
         sched = self.catch_all
         key = ANY_VID
         if sched is None:
@@ -671,10 +783,10 @@ class DirectionQueues:
         st = self.stats[key]
         if dep is None:
             st.paced_drops += 1
-        else:
-            st.frames += 1
-            st.bytes += frame_bytes
-        return dep
+            return None
+        st.frames += 1
+        st.bytes += frame_bytes
+        return dep, self.lanes[key]
 
     def set_pace(self, vid: int | None, pace_bps: float | None) -> None:
         """Change (or remove, with None) the shaper of one channel while running."""
@@ -845,6 +957,16 @@ def open_packet_socket(ifname: str) -> socket.socket:
     return sock
 
 
+def ring_drops(sock: socket.socket) -> int:
+    """Frames the kernel dropped on this packet socket since the last call (its
+    counters reset on read): the receive ring was full because the engine fell behind."""
+    try:
+        _packets, drops = struct.unpack("II", sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+    except OSError:
+        return 0
+    return drops
+
+
 class RxRing:
     """A TPACKET_V2 receive ring on a packet socket.
 
@@ -884,6 +1006,8 @@ class DirectionStats:
     late_max_ns: int = 0
     carried: int = 0  # frames scheduled from their intended departure on a previous span
     late_frames: int = 0  # sent more than LATE_NS after their departure time
+    ring_drops: int = 0  # frames the kernel dropped because the receive ring was full (engine behind)
+    overload_drops: int = 0  # frames not sent because they were over OVERLOAD_NS late (engine overloaded)
     # [first, last intended departure (ns), frames, max lateness (ns)] per run of late frames
     late_episodes: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATE_EPISODES_MAX))
 
@@ -903,6 +1027,8 @@ class DirectionStats:
             "frames": self.frames,
             "bytes": self.bytes,
             "drops": self.drops,
+            "ring_drops": self.ring_drops,
+            "overload_drops": self.overload_drops,
             "carried": self.carried,
             "mean_lateness_us": round(self.late_sum_ns / self.frames / 1000, 3) if self.frames else 0.0,
             "max_lateness_us": round(self.late_max_ns / 1000, 3),
@@ -929,10 +1055,11 @@ class DelayEngine:
     """The forwarding loop for a set of links (see the module docstring)."""
 
     def __init__(self, links: Sequence[LinkSpec], *, spin_us: float = DEFAULT_SPIN_US, prepare: bool = True,
-                 transit_carry: bool = True):
+                 transit_carry: bool = True, turns: bool = True):
         validate_links(links)
         self.links = list(links)
         self.spin_ns = int(spin_us * 1000)
+        self.turns = turns
         self.transit = TransitMemory() if transit_carry else None
         self._socks: dict[str, socket.socket] = {}
         self._dirs: list[_Direction] = []
@@ -955,6 +1082,8 @@ class DelayEngine:
                           _Direction(f"{link.name}:b->a", sb, sa, DirectionQueues(link, 1), ring=rb, trunk=trunk)):
                     self._dirs.append(d)
                     self._by_fd[d.in_sock.fileno()] = d
+                    for lane in d.queues.lanes.values():
+                        lane.owner = d
             self._timer = TimerFd()
             self._epoll = select.epoll()
             for fd in self._by_fd:
@@ -983,6 +1112,7 @@ class DelayEngine:
         the frames admitted and those the shaper dropped."""
         out: dict[str, dict] = {}
         for d in self._dirs:
+            d.stats.ring_drops += ring_drops(d.in_sock)
             link, direction = d.name.rsplit(":", 1)
             out.setdefault(link, {})[direction] = {**d.stats.as_dict(), **d.queues.stats_dict()}
         return out
@@ -1023,9 +1153,8 @@ class DelayEngine:
         event is cleared): the way a signal handler changes the engine safely.
         """
         set_timer_slack_ns(1)
-        heap: list = []
-        push, pop = heapq.heappush, heapq.heappop
-        counter = itertools.count()
+        waiting = FairDepartures(self.turns)
+        push, pop_due, next_departure = waiting.push, waiting.pop_due, waiting.next_departure_ns
         clock = time.time_ns
         hdr_unpack = TPACKET2_HDR.unpack_from
         status_unpack = struct.Struct("I").unpack_from
@@ -1037,6 +1166,7 @@ class DelayEngine:
         spin_ns = self.spin_ns
         stop_is_set = stop.is_set
         max_queued = MAX_QUEUED_FRAMES
+        overload_ns = OVERLOAD_NS
         transit = self.transit
         carry_bytes = transit.key_bytes if transit is not None else 0
         recall = transit.recall if transit is not None else None
@@ -1045,11 +1175,22 @@ class DelayEngine:
         def drain(d: _Direction) -> None:
             ring = d.ring
             mm, off, fsize, rsize = ring.mm, ring.offset, ring.frame_size, ring.size
-            admit = d.queues.admit
+            admit = d.queues.admit_to_lane
             trunk = d.trunk
-            for _ in range(RECV_BATCH):
-                if not status_unpack(mm, off)[0] & TP_STATUS_USER:
-                    break
+            filling = RECV_BATCH * fsize  # another batch waits behind this one
+            n = 0
+            while status_unpack(mm, off)[0] & TP_STATUS_USER:
+                if n % RECV_BATCH == 0 and n:
+                    # Batch done. Go on (up to RECV_BATCHES) while another whole batch waits, i.e.
+                    # the engine is behind: better the backlog waits in the lanes, where each
+                    # wavelength takes its turn and a hopeless one is shed, than in the ring,
+                    # where a flood on one wavelength delays and drops every other's frames.
+                    ahead = off + filling
+                    if ahead >= rsize:
+                        ahead -= rsize
+                    if n == RECV_BATCHES * RECV_BATCH or not status_unpack(mm, ahead)[0] & TP_STATUS_USER:
+                        break
+                n += 1
                 status, length, snaplen, mac, _net, sec, nsec, tci, tpid = hdr_unpack(mm, off)
                 start = off + mac
                 data = mm[start:start + snaplen]
@@ -1076,11 +1217,11 @@ class DelayEngine:
                     if intended is not None:
                         arrival, carried = intended, True
                         d.stats.carried += 1
-                dep = admit(arrival, vid, len(data), carried)
-                if dep is None:
+                admitted = admit(arrival, vid, len(data), carried)
+                if admitted is None:
                     continue  # no channel for this VLAN, or its shaper is full (counted per channel)
                 d.queued += 1
-                push(heap, (dep, next(counter), d, data))
+                push(admitted[1], admitted[0], data)
             ring.offset = off
 
         timeout = 0.0
@@ -1096,18 +1237,19 @@ class DelayEngine:
                 elif fd == timer_fd:
                     timer.clear()
             timeout = 0.0
-            if not heap:
+            first = next_departure()
+            if first is None:
                 if transit is not None:
                     transit.expire(clock())
                 timeout = MAX_BLOCK_S
                 continue
             now = clock()
-            wait = heap[0][0] - now
+            wait = first - now
             if wait > spin_ns:
                 # Far from the next departure: sleep on the timer (and the sockets).
                 # Re-arm only if the armed wake-up is missing or too late; an early
                 # wake-up costs one loop, a timerfd_settime per frame costs more.
-                wake = heap[0][0] - spin_ns
+                wake = first - spin_ns
                 armed = timer.armed_ns
                 if armed == 0 or armed > wake or armed <= now:
                     timer.arm(wake)
@@ -1117,16 +1259,21 @@ class DelayEngine:
                 # Near: keep polling the sockets (epoll with timeout 0) while we wait,
                 # so the wait does useful work under load.
                 continue
-            while clock() < heap[0][0]:
+            while clock() < first:
                 pass
-            # Send everything due now, in departure order.
+            # Send everything due now: in departure order, or lane by lane when behind.
             sent = 0
-            while heap and sent < SEND_BATCH:
+            while sent < SEND_BATCH:
                 now = clock()
-                if heap[0][0] > now:
+                due = pop_due(now)
+                if due is None:
                     break
-                dep, _n, d, data = pop(heap)
+                dep, lane, data = due
+                d = lane.owner
                 d.queued -= 1
+                if now - dep > overload_ns:
+                    d.stats.overload_drops += 1  # shed: the engine cannot keep up with this lane
+                    continue
                 try:
                     d.out_sock.send(data)
                 except OSError:
@@ -1143,6 +1290,7 @@ class DelayEngine:
                     st.late_max_ns = late
                 if late > LATE_NS:
                     st.note_late(dep, late)
+                    lane.stats.late_frames += 1
                 sent += 1
             if transit is not None:
                 transit.expire(now)
@@ -1204,7 +1352,7 @@ def apply_control_file(engine: "DelayEngine", path: str | os.PathLike) -> None:
 def run_engine(links: Sequence[LinkSpec], stop: threading.Event, *, spin_us: float = DEFAULT_SPIN_US,
                prepare: bool = True, on_ready: Callable[[], None] | None = None,
                control_file: str | os.PathLike | None = None,
-               control_due: threading.Event | None = None, transit_carry: bool = True) -> dict:
+               control_due: threading.Event | None = None, transit_carry: bool = True, turns: bool = True) -> dict:
     """Run the engine in this thread until ``stop`` is set; return ``{"links": per-link stats,
     "transit": carry-over stats}``.
 
@@ -1215,13 +1363,13 @@ def run_engine(links: Sequence[LinkSpec], stop: threading.Event, *, spin_us: flo
     Raises:
         DelayEngineError: invalid links, missing tools, missing interfaces or privileges.
     """
-    engine = DelayEngine(links, spin_us=spin_us, prepare=prepare, transit_carry=transit_carry)
+    engine = DelayEngine(links, spin_us=spin_us, prepare=prepare, transit_carry=transit_carry, turns=turns)
     try:
         if on_ready is not None:
             on_ready()
         control = (lambda eng: apply_control_file(eng, control_file)) if control_file else None
         engine.run(stop, control, control_due if control_file else None)
-        return {"links": engine.stats(), "transit": engine.transit_stats()}
+        return {"links": engine.stats(), "transit": engine.transit_stats(), "turns": engine.turns}
     finally:
         engine.close()
 
@@ -1242,7 +1390,7 @@ class DelayEngineProcess:
     def __init__(self, links: Sequence[LinkSpec], *, workdir: str | os.PathLike, ready_timeout_s: float = 10.0,
                  spin_us: float = DEFAULT_SPIN_US, python: str = sys.executable, prepare: bool = True,
                  rt_priority: int = 0, cpus: Collection[int] | None = None, exec_prefix: Sequence[str] = (),
-                 transit_carry: bool = True):
+                 transit_carry: bool = True, turns: bool = True):
         validate_links(links)
         # e.g. ["mnexec", "-a", PID]: run inside a Mininet node's namespaces (mnexec execs, so the PID stays ours)
         self.exec_prefix = list(exec_prefix)
@@ -1255,6 +1403,7 @@ class DelayEngineProcess:
         self.rt_priority = rt_priority
         self.cpus = sorted(cpus) if cpus else None
         self.transit_carry = transit_carry
+        self.turns = turns
         self.proc: subprocess.Popen | None = None
         self.stats: dict | None = None
         self.config_path = self.workdir / "delay-engine-links.json"
@@ -1292,6 +1441,8 @@ class DelayEngineProcess:
             args.append("--no-prepare")
         if not self.transit_carry:
             args.append("--no-transit-carry")
+        if not self.turns:
+            args.append("--strict-order")
         if self.rt_priority:
             args += ["--rt-priority", str(self.rt_priority)]
         if self.cpus:
@@ -1403,6 +1554,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpus", type=_cpu_list, help="run the engine only on these CPUs (comma-separated)")
     parser.add_argument("--no-transit-carry", action="store_true",
                         help="schedule every frame from its arrival, also in transit (see the module docstring)")
+    parser.add_argument("--strict-order", action="store_true",
+                        help="when behind, send in departure order instead of lane by lane (see FairDepartures)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
@@ -1429,7 +1582,7 @@ def main(argv: list[str] | None = None) -> int:
             log.warning("tuning not applied: %s", problem)
         stats = run_engine(links, stop, spin_us=args.spin_us, prepare=not args.no_prepare, on_ready=on_ready,
                            control_file=args.control_file, control_due=control_due,
-                           transit_carry=not args.no_transit_carry)
+                           transit_carry=not args.no_transit_carry, turns=not args.strict_order)
     except TwinError as exc:
         if args.debug:
             raise

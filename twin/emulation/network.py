@@ -170,6 +170,7 @@ class ApnNetwork:
     datapath_cpu: int | None = None  # OVS's PMD thread polls this CPU (TwinSession's CPU plan)
     engine_cpus: set[int] | None = None  # the delay engine runs on these (kept off the PMD thread's CPU)
     transit_carry: bool = True  # the engine schedules transit frames from their intended departure (delay_engine)
+    engine_turns: bool = True  # when behind, the engine serves lanes in turns (delay_engine.FairDepartures)
     link_backend: str = field(init=False, default="")
     port_map: PortMap = field(init=False)
     links: list[EmulatedLink] = field(init=False)
@@ -371,7 +372,7 @@ class ApnNetwork:
                                           exec_prefix=["mnexec", "-a", str(delay_host.pid)],
                                           ready_timeout_s=120.0, rt_priority=self.engine_rt_priority,
                                           spin_us=self.engine_spin_us, cpus=self.engine_cpus,
-                                          transit_carry=self.transit_carry)
+                                          transit_carry=self.transit_carry, turns=self.engine_turns)
         self._engine.start()
         self.record.add_process(self._engine.pid, "delay engine")
 

@@ -168,6 +168,7 @@ class TwinSession:
     #                                                  None: 0 with a CPU of its own, else PMD_MAXSLEEP_US
     calibrate: bool = True                           # take the emulator's transit time out of span delays
     transit_carry: bool = True                       # transit frames keep their intended time (delay_engine)
+    engine_turns: bool = True                        # a behind engine serves lanes in turns (FairDepartures)
     cpu_layout: str = "network"                      # which CPUs the datapath and workloads get (CPU_LAYOUTS)
     idle_poll: bool = False                          # keep idle vCPUs from halting (idle_poll.py: a trade)
     record: RunRecord = field(init=False)
@@ -237,7 +238,7 @@ class TwinSession:
                              port_type=self.port_type, engine_rt_priority=self.engine_rt_priority,
                              engine_spin_us=self.engine_spin_us, pmd_maxsleep_us=self.pmd_maxsleep_us,
                              datapath_cpu=self.datapath_cpu, engine_cpus=self.engine_cpus,
-                             transit_carry=self.transit_carry)
+                             transit_carry=self.transit_carry, engine_turns=self.engine_turns)
         network.port_map.save(portmap_path)
         self.controller = ControllerProcess(self.topology_path, portmap_path=portmap_path,
                                             workdir=self.record.directory, api_port=self.api_port,
