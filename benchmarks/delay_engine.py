@@ -39,7 +39,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twin.emulation.delay_engine import DelayEngineProcess, LinkSpec  # noqa: E402
+from twin.emulation.delay_engine import ChannelSpec, DelayEngineProcess, LinkSpec  # noqa: E402
 from twin.emulation.link_backends import apply_rate_limit  # noqa: E402
 from twin.emulation.probe import ProbeSummary, percentile  # noqa: E402
 from twin.emulation.records import stop_child  # noqa: E402
@@ -184,6 +184,22 @@ def iperf_result(server: subprocess.Popen, client: subprocess.Popen) -> float:
         raise RuntimeError(f"iperf3 failed: {err.strip() or out[-500:]}") from None
 
 
+def flood_row(row: dict, stats: dict, flooded: str) -> dict:
+    """Add to ``row`` how the engine bore the flood: per channel of the flooded and the probed
+    direction, the share of frames sent over 0.5 ms late, and what it shed."""
+    def share(link: str, channel: str) -> float:
+        ch = stats["links"][link]["a->b"]["channels"][channel]
+        return round(ch["late_frames"] / ch["frames"], 4) if ch["frames"] else 0.0
+
+    flood_link, flood_channel = flooded.split(":")
+    row.update({"probe_late_share": share("l1", "untagged"),
+                "flood_late_share": share(flood_link, flood_channel),
+                "flood_frames": stats["links"][flood_link]["a->b"]["channels"][flood_channel]["frames"],
+                "overload_drops": sum(d["overload_drops"] for link in stats["links"].values() for d in link.values()),
+                "ring_drops": sum(d["ring_drops"] for link in stats["links"].values() for d in link.values())})
+    return row
+
+
 def _brief(row: dict) -> dict:
     """A row for the progress log: the engine's stats (late-frame logs included) go to the JSON only."""
     return {k: v for k, v in row.items() if k != "engine_stats"}
@@ -197,6 +213,8 @@ def main() -> int:
     parser.add_argument("--rt-priority", type=int, default=10, help="engine SCHED_FIFO priority (0 = off)")
     parser.add_argument("--cpu", type=int, default=None, help="pin the engine to this CPU")
     parser.add_argument("--throughput-seconds", type=float, default=5.0)
+    parser.add_argument("--flood-pps", type=float, default=80_000.0,
+                        help="raw frames/s of the overload cases (over what the engine sends)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/delay_engine.py needs root (namespaces, raw sockets)", file=sys.stderr)
@@ -221,10 +239,10 @@ def main() -> int:
                               "--port", str(PROBE_PORT)))
         time.sleep(0.5)
 
-        def engine(l1: LinkSpec) -> DelayEngineProcess:
+        def engine(l1: LinkSpec, turns: bool = True) -> DelayEngineProcess:
             l2 = LinkSpec("l2", "twb-rc", "twb-rd", delay_us=2500)
             return DelayEngineProcess([l1, l2], workdir=workdir, spin_us=args.spin_us,
-                                      rt_priority=args.rt_priority,
+                                      rt_priority=args.rt_priority, turns=turns,
                                       cpus=[args.cpu] if args.cpu is not None else None)
 
         base, base_samples = probe(lab, "10.250.9.2", args.count)
@@ -262,6 +280,29 @@ def main() -> int:
         rows[-1]["engine_stats"] = eng.stats
         print(_brief(rows[-1]), flush=True)
 
+        # Overload: a raw flood beyond what the engine sends, on the other link (l2) or on another
+        # wavelength (VLAN 100) of the probed one, with lanes taking turns and, as the control, in
+        # departure order. The flood runs niced beside the probes (off the engine's CPU with --cpu).
+        others = sorted(os.sched_getaffinity(0) - ({args.cpu} if args.cpu is not None else set()))
+        for where, ns, vid, flooded in (("l2", "twb-c", None, "l2:all"), ("l1 VLAN 100", "twb-a", 100, "l1:100")):
+            for turns in (True, False):
+                l1 = LinkSpec("l1", "twb-ra", "twb-rb", channels=(ChannelSpec(None, "probe", delay_us=2500),
+                                                                   ChannelSpec(100, "flood", delay_us=2500)))
+                with engine(l1, turns) as eng:
+                    flood = lab.spawn(["taskset", "-c", ",".join(map(str, others)), "nice", "-n", "19",
+                                       *lab.ns_exec(ns, PY, "-m", "twin.emulation.probe", "flood", "--iface", ns,
+                                                    *(["--vid", str(vid)] if vid else []),
+                                                    "--pps", str(args.flood_pps),
+                                                    "--seconds", str(args.count / 1000 + 4))],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    time.sleep(1.0)  # the backlog builds up
+                    summary, samples = probe(lab, "10.250.0.2", args.count)
+                    stop_child(flood)
+                order = "turns" if turns else "departure order"
+                rows.append(flood_row(error_row(f"2.5 ms, flood on {where}, {order}", summary, samples, 2500,
+                                                baseline_us), eng.stats, flooded))
+                print(_brief(rows[-1]), flush=True)
+
         # Maximum TCP throughput through one link (no shaping), 2.5 ms one-way.
         with engine(LinkSpec("l1", "twb-ra", "twb-rb", delay_us=2500)) as eng:
             server, client = iperf(lab, "twb-a", "twb-b", "10.250.0.2", args.throughput_seconds)
@@ -279,7 +320,9 @@ def main() -> int:
         print(f"{r['case']:32} {r['median_abs_err_us']:9.1f} {r['p99_abs_err_us']:9.1f} {r['max_abs_err_us']:8.1f} "
               f"{r['raw_median_err_us']:8.1f} {r['reordered']:6d} {r['loss']:5d}"
               + (f"  mean {r['mean_us']} sd {r['sd_us']} (model {r['model_sd_us']}) ok={r['mean_ok'] and r['sd_ok']}"
-                 if "sd_us" in r else "") + (f"  bulk {r['bulk_mbps']} Mbit/s" if "bulk_mbps" in r else ""))
+                 if "sd_us" in r else "") + (f"  bulk {r['bulk_mbps']} Mbit/s" if "bulk_mbps" in r else "")
+              + (f"  late: probes {r['probe_late_share']:.1%} flood {r['flood_late_share']:.1%}, shed "
+                 f"{r['overload_drops']}" if "probe_late_share" in r else ""))
     for k, v in extra.items():
         if not isinstance(v, dict):
             print(f"{k}: {v}")

