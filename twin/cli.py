@@ -182,8 +182,8 @@ def format_run_summary(summary: dict, out: Path) -> str:
     engine = summary.get("engine")
     if engine and engine.get("frames"):
         lines.append(f"  delay engine: {engine['late_frames']:,} of {engine['frames']:,} frames sent over 0.5 ms "
-                     f"late (worst {engine['max_lateness_ms']:.1f} ms); requests under way then carry the "
-                     "emulator's delay (report: Emulator)")
+                     f"late (worst {engine['max_lateness_ms']:.1f} ms); the emulator's CPU was short then, and "
+                     "requests under way may carry its delay, on any span (report: Emulator)")
     energy = summary.get("energy", {})
     for name in ("policy", "static", "oracle"):
         e = energy.get(name)
@@ -194,11 +194,12 @@ def format_run_summary(summary: dict, out: Path) -> str:
 
 
 def _behind(region: dict) -> str:
-    """How many of a region's requests over budget met the delay engine running behind."""
+    """How many of a region's requests over budget met the delay engine running behind (on any
+    span, not necessarily theirs: a sign the emulator's CPU was short, not proof of whose frames waited)."""
     over, behind = region.get("over_budget"), region.get("over_budget_engine_behind")
     if not over or behind is None:
         return ""
-    return f" ({over} over budget, {behind} of them while the delay engine ran behind)"
+    return f" ({over} over budget, {behind} of them while the delay engine ran behind on some span)"
 
 
 def _ms(value) -> str:

@@ -111,7 +111,10 @@ def _latency_slo(records: list[RequestRecord], slo_ms: float, percentile_pct: fl
 class EngineBehind:
     """When the userspace delay engine ran behind: its episodes of frames sent over 0.5 ms
     late (engine.json ``late_episodes``, Unix s). A request that met one while under way (from
-    ``LEAD_S`` before it was sent to its answer) may carry the emulator's own delay."""
+    ``LEAD_S`` before it was sent to its answer) may carry the emulator's own delay. Episodes of
+    every span count: the engine shares its CPU with the switches' packet path, so an episode
+    anywhere means that CPU was short, and frames on spans without late ones waited too (a
+    capture at both ends measured them, benchmarks/README.md eleventh pass)."""
 
     LEAD_S = 0.002  # a frame of the request may have waited in the engine just before
 

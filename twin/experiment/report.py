@@ -385,8 +385,10 @@ def _engine_section(data: RunData, plots: dict[str, Path]) -> str:
     share = late.late_frames / late.frames if late.frames else 0.0
     body = (f"<p>The userspace delay engine forwarded {late.frames:,} frames on the run's spans; "
             f"{late.late_frames:,} ({share:.1%}) left more than 0.5 ms after their time, the worst "
-            f"{late.max_late_ms:.1f} ms late. A request under way then carries the emulator's own delay on top "
-            "of the modelled network's; <code>benchmarks/slo_tail.py --engine</code> counts those requests.</p>")
+            f"{late.max_late_ms:.1f} ms late. The engine runs behind when the CPU it shares with the switches' "
+            "packet path is short, so a request under way then may carry the emulator's own delay on top of the "
+            "modelled network's, even on a span without late frames; <code>benchmarks/slo_tail.py --engine</code> "
+            "counts those requests.</p>")
     worst = sorted(((n, d) for d, n in late.late_by_direction.items() if n), reverse=True)[:5]
     if worst:
         body += _table(["span direction", "late frames"], [[esc(d), num(n, ",")] for n, d in worst], "num")
