@@ -11,7 +11,8 @@ Method (in the spirit of cyclictest/sysjitter): one process per CPU, pinned, SCH
 longer than ``--threshold-us``. It spins 10 ms and then sleeps 1 ms, staying under the
 kernel's real-time throttling (95 %); the gaps across its own sleeps are not counted.
 Kernel threads that used CPU time meanwhile are listed with the CPU they last ran on,
-which usually names the culprit.
+which usually names the culprit. In a VM, the time the hypervisor gave the vCPU to others
+(``steal`` in /proc/stat) is reported beside it: no setting in the guest removes that part.
 
 Run on an otherwise idle machine (the twin down)::
 
@@ -85,8 +86,21 @@ def _kernel_threads() -> dict[int, tuple[str, int, int]]:
     return threads
 
 
+def _cpu_ticks() -> dict[int, dict[str, int]]:
+    """Per CPU, from /proc/stat: ticks spent in hard and soft interrupts, and stolen by the
+    hypervisor (a guest's vCPU not running at all: the part of the noise no guest can remove)."""
+    out = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and len(fields) >= 8:
+            out[int(name[3:])] = {"irq": int(fields[5]), "softirq": int(fields[6]), "steal": int(fields[7])}
+    return out
+
+
 def measure(cpus: list[int], seconds: float, threshold_us: float) -> dict:
     before = _kernel_threads()
+    ticks_before = _cpu_ticks()
+    wall0 = time.monotonic()
     pipes, procs = [], []
     for cpu in cpus:
         parent, child = mp.Pipe(duplex=False)
@@ -111,6 +125,12 @@ def measure(cpus: list[int], seconds: float, threshold_us: float) -> dict:
             "max_us": round(max(gaps_us), 1) if gaps_us else None,
         }
     ticks = os.sysconf("SC_CLK_TCK")
+    wall = time.monotonic() - wall0
+    ticks_after = _cpu_ticks()
+    for cpu in cpus:
+        for kind in ("irq", "softirq", "steal"):
+            used = ticks_after.get(cpu, {}).get(kind, 0) - ticks_before.get(cpu, {}).get(kind, 0)
+            results[cpu][f"{kind}_permille"] = round(used / ticks / wall * 1000, 2)
     after = _kernel_threads()
     busy = sorted(((after[p][1] - before[p][1]) * 1000 / ticks, after[p][0], after[p][2]) for p in after
                   if p in before and after[p][1] > before[p][1])[::-1][:5]
@@ -139,12 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     doc = measure(cpus, args.seconds, args.threshold_us)
     if not all(r["sched_fifo"] for r in doc["cpus"].values()):
         print("note: not SCHED_FIFO (run as root): ordinary processes count as noise too", file=sys.stderr)
-    head = f"{'CPU':>3} {'>20us/s':>8} {'>100us/s':>9} {'>1ms/s':>7} {'lost':>7} {'p50':>7} {'p99':>8} {'max':>8}"
+    head = (f"{'CPU':>3} {'>20us/s':>8} {'>100us/s':>9} {'>1ms/s':>7} {'lost':>7} {'p50':>7} {'p99':>8} {'max':>8}"
+            f" {'steal':>7} {'irq+soft':>8}")
     print(head)
     for cpu, r in doc["cpus"].items():
         fmt = lambda v: "-" if v is None else f"{v:,.0f}"  # noqa: E731
         print(f"{cpu:>3} {r['per_s_over_20us']:>8.1f} {r['per_s_over_100us']:>9.1f} {r['per_s_over_1ms']:>7.2f} "
-              f"{r['lost_permille']:>6.2f}\u2030 {fmt(r['p50_us']):>6}us {fmt(r['p99_us']):>6}us {fmt(r['max_us']):>6}us")
+              f"{r['lost_permille']:>6.2f}\u2030 {fmt(r['p50_us']):>6}us {fmt(r['p99_us']):>6}us {fmt(r['max_us']):>6}us"
+              f" {r['steal_permille']:>6.1f}\u2030 {r['irq_permille'] + r['softirq_permille']:>7.1f}\u2030")
+    print("lost: time the spinning task did not run (gaps over the threshold); steal: time the hypervisor "
+          "gave this vCPU to others (/proc/stat, 10 ms ticks), part of lost")
     if doc["kernel_threads"]:
         print("kernel threads that ran meanwhile: " + ", ".join(
             f"{t['name']} {t['cpu_ms']:g} ms (last on CPU {t['last_cpu']})" for t in doc["kernel_threads"]))

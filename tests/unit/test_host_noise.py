@@ -24,6 +24,15 @@ def test_a_short_watch_reports_every_cpu_with_consistent_counts():
         assert 20.0 < r["p50_us"] <= r["p99_us"] <= r["max_us"]
         assert r["lost_permille"] > 0
     assert all(t["cpu_ms"] > 0 for t in doc["kernel_threads"])
+    # /proc/stat shares of the wall time: non-negative, and none can exceed the whole
+    for kind in ("steal", "irq", "softirq"):
+        assert 0 <= r[f"{kind}_permille"] <= 1000 * 1.05, (kind, r)
+
+
+def test_cpu_ticks_reads_every_cpu_of_proc_stat():
+    ticks = host_noise._cpu_ticks()
+    assert set(ticks) >= set(os.sched_getaffinity(0))
+    assert all(set(t) == {"irq", "softirq", "steal"} and min(t.values()) >= 0 for t in ticks.values())
 
 
 def test_bad_arguments_exit_with_one_line(capsys):

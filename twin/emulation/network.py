@@ -76,7 +76,8 @@ ENGINE_RT_PRIORITY = 10
 # us, and a long spin at that priority kept OVS's PMD thread off the CPU on long paths
 # (japan.yaml, 6-span lightpath: corrected median error 2.3-2.5 ms with 100 us, 0.56 ms with 20 us).
 ENGINE_SPIN_US = 20.0
-_ENGINE_DIST = {"none": "none", "uniform": "uniform", "normal": "normal", "pareto-normal": "paretonormal"}
+#: Topology file spelling of a jitter distribution -> the delay engine's.
+ENGINE_DIST = {"none": "none", "uniform": "uniform", "normal": "normal", "pareto-normal": "paretonormal"}
 
 
 class EmulationError(TwinError):
@@ -363,7 +364,7 @@ class ApnNetwork:
             end_a, end_b = ad.engine_ifnames(link.number)
             channels = tuple(
                 ChannelSpec(vid=ch.vid, name=ch.name, delay_us=ch.delay_s * 1e6, jitter_us=ch.jitter_s * 1e6,
-                            jitter_dist=_ENGINE_DIST[ch.jitter_dist], background_load=ch.background_load,
+                            jitter_dist=ENGINE_DIST[ch.jitter_dist], background_load=ch.background_load,
                             rate_bps=ch.rate_bps if ch.background_load else None, pace_bps=ch.rate_bps,
                             seed=link.number * 1000 + (ch.wavelength if ch.wavelength is not None else 999))
                 for ch in link.channels)
@@ -379,7 +380,7 @@ class ApnNetwork:
     @staticmethod
     def _trunk_channels(link: EmulatedLink) -> list[link_backends.TrunkChannel]:
         return [link_backends.TrunkChannel(ch.vid, delay_us=ch.delay_s * 1e6, jitter_us=ch.jitter_s * 1e6,
-                                           jitter_dist=_ENGINE_DIST[ch.jitter_dist], rate_bps=ch.rate_bps)
+                                           jitter_dist=ENGINE_DIST[ch.jitter_dist], rate_bps=ch.rate_bps)
                 for ch in link.channels]
 
     def _apply_netem(self) -> None:
