@@ -20,7 +20,7 @@ alongside) are checked on ``err``. For the jitter cases the per-packet error is
 not defined; the check is measured mean vs model mean and measured standard
 deviation vs the distribution's (within 10 %).
 
-Usage: ``sudo .venv/bin/python benchmarks/delay_engine.py [--out PATH] [--count N] [--quick]``
+Usage: ``sudo .venv/bin/python benchmarks/delay_engine.py [--out PATH] [--count N] [--spin-us US] [--rt-priority N] [--cpu N] [--flood-pps R]``
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from twin.emulation.delay_engine import ChannelSpec, DelayEngineProcess, LinkSpec  # noqa: E402
+from twin.emulation.delay_engine import DelayEngineProcess  # noqa: E402
+from twin.emulation.delay_schedule import ChannelSpec, LinkSpec  # noqa: E402
 from twin.emulation.link_backends import apply_rate_limit  # noqa: E402
 from twin.emulation.probe import ProbeSummary, percentile  # noqa: E402
 from twin.emulation.records import stop_child  # noqa: E402

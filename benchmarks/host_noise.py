@@ -25,7 +25,6 @@ Prints a table per CPU and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import sys

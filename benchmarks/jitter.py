@@ -58,7 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from network import Procs, one_way, probe_samples  # noqa: E402
 
-from twin.emulation.delay_engine import JitterSampler  # noqa: E402
+from twin.emulation.delay_schedule import JitterSampler  # noqa: E402
 from twin.emulation.network import ENGINE_DIST  # noqa: E402
 from twin.emulation.session import TwinSession  # noqa: E402
 

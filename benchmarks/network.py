@@ -542,7 +542,7 @@ def main() -> int:
     parser.add_argument("--no-calibrate", action="store_true",
                         help="leave the emulator's per-span transit time in the delays (TwinSession.calibrate_transit)")
     parser.add_argument("--no-transit-carry", action="store_true",
-                        help="the delay engine schedules transit frames from their arrival (delay_engine.TransitMemory)")
+                        help="the delay engine schedules transit frames from their arrival (delay_schedule.TransitMemory)")
     parser.add_argument("--strict-order", action="store_true",
                         help="a behind delay engine sends in departure order, not lane by lane (FairDepartures)")
     parser.add_argument("--periodic", action="store_true", help="periodic probes instead of Poisson spacing")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from twin.emulation.delay_engine import OVERLOAD_NS, ChannelSpec, DelayEngineProcess, LinkSpec
+from twin.emulation.delay_engine import OVERLOAD_NS, DelayEngineProcess
+from twin.emulation.delay_schedule import ChannelSpec, LinkSpec
 from twin.emulation.probe import ProbeSummary, wait_reflector_ready
 from twin.emulation.records import stop_child
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin.emulation.delay_engine import (
+from twin.emulation.delay_schedule import (
     DelayEngineError,
     DepartureScheduler,
     JitterSampler,
@@ -288,3 +288,11 @@ def test_summary_json_round_trip_and_no_replies():
 def test_delay_stats_of_constant_series():
     d = DelayStats.of([5.0] * 10)
     assert (d.min, d.median, d.p99, d.max, d.stdev, d.rfc3550_jitter) == (5, 5, 5, 5, 0, 0)
+
+
+def test_delay_schedule_doctests():
+    import doctest
+
+    from twin.emulation import delay_schedule
+    result = doctest.testmod(delay_schedule)
+    assert result.failed == 0 and result.attempted > 0

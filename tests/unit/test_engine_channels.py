@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from twin.emulation.delay_engine import (
+from twin.emulation.delay_schedule import (
     ChannelSpec,
     DelayEngineError,
     DirectionQueues,
@@ -174,7 +174,7 @@ def test_channels_validated_and_survive_json():
 # --- transit carry-over ----------------------------------------------------------------------
 
 def test_transit_memory_recalls_a_frame_back_within_the_window_only():
-    from twin.emulation.delay_engine import TransitMemory
+    from twin.emulation.delay_schedule import TransitMemory
     mem = TransitMemory(window_ns=1_000_000, key_bytes=8)
     frame = b"ABCDEFGH-payload"
     mem.remember(mem.key(frame), 10_000_000)
@@ -187,7 +187,7 @@ def test_transit_memory_recalls_a_frame_back_within_the_window_only():
 
 
 def test_transit_memory_expires_old_departures_but_keeps_a_newer_send_of_the_same_key():
-    from twin.emulation.delay_engine import TransitMemory
+    from twin.emulation.delay_schedule import TransitMemory
     mem = TransitMemory(window_ns=1_000)
     mem.remember(b"k", 0)
     mem.remember(b"old", 100)
@@ -200,7 +200,7 @@ def test_transit_memory_expires_old_departures_but_keeps_a_newer_send_of_the_sam
 
 
 def test_a_carried_frame_keeps_the_configured_delay_despite_the_advance():
-    from twin.emulation.delay_engine import DepartureScheduler
+    from twin.emulation.delay_schedule import DepartureScheduler
     first, later = DepartureScheduler(1000.0), DepartureScheduler(1000.0)
     first.set_advance(80.0)
     later.set_advance(80.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twin.emulation.delay_engine import ChannelSpec, DirectionQueues, FairDepartures, Lane, LinkSpec
+from twin.emulation.delay_schedule import ChannelSpec, DirectionQueues, FairDepartures, Lane, LinkSpec
 
 MS = 1_000_000  # ns
 

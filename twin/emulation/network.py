@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from twin.emulation import link_backends
-from twin.emulation.delay_engine import ChannelSpec, DelayEngineProcess, LinkSpec
+from twin.emulation.delay_engine import DelayEngineProcess
+from twin.emulation.delay_schedule import ChannelSpec, LinkSpec
 from twin.emulation.records import (OVS_TAG, RunRecord, delete_interfaces, destroy_qos, ovs_global,
                                     release_ovs_globals, set_ovs_global, tagged_qos)
 from twin.errors import TwinError
@@ -171,7 +172,7 @@ class ApnNetwork:
     datapath_cpu: int | None = None  # OVS's PMD thread polls this CPU (TwinSession's CPU plan)
     engine_cpus: set[int] | None = None  # the delay engine runs on these (kept off the PMD thread's CPU)
     transit_carry: bool = True  # the engine schedules transit frames from their intended departure (delay_engine)
-    engine_turns: bool = True  # when behind, the engine serves lanes in turns (delay_engine.FairDepartures)
+    engine_turns: bool = True  # when behind, the engine serves lanes in turns (delay_schedule.FairDepartures)
     link_backend: str = field(init=False, default="")
     port_map: PortMap = field(init=False)
     links: list[EmulatedLink] = field(init=False)

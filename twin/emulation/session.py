@@ -103,7 +103,7 @@ def switch_passes(route: list[str], calibrated: bool, carried: bool = False) -> 
     """Switch passes of the emulator's own forwarding time left in a lightpath's one-way
     delay: one (the path's ends) when the spans are calibrated; two (the first span's and
     the last switch's) when the delay engine carries transit frames over
-    (:class:`~twin.emulation.delay_engine.TransitMemory`); else one per site on the route.
+    (:class:`~twin.emulation.delay_schedule.TransitMemory`); else one per site on the route.
 
     >>> switch_passes(["a", "b", "c", "d"], False), switch_passes(["a", "b", "c", "d"], False, True)
     (4, 2)
