@@ -216,3 +216,22 @@ def test_switch_passes_left_per_route():
     assert switch_passes(route, calibrated=False, carried=True) == 2
     assert switch_passes(["a"], calibrated=False, carried=True) == 1
     assert switch_passes(route, calibrated=False) == 4
+
+
+def test_the_engine_process_pins_itself_to_one_cpu():
+    """A veth queues a sent frame on the sending CPU: an engine free to move between CPUs
+    could have two frames switched out of order, so tune_process always leaves one CPU."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os; from twin.emulation.delay_engine import tune_process; "
+            "failed = tune_process(freeze_gc=False, cpus={cpus}); print(sorted(os.sched_getaffinity(0)), failed)")
+    allowed = sorted(os.sched_getaffinity(0))
+    for cpus, expected in ((None, [allowed[-1]]), (set(allowed), [allowed[-1]]), ({allowed[0]}, [allowed[0]])):
+        out = subprocess.run([sys.executable, "-c", code.format(cpus=cpus)], capture_output=True, text=True,
+                             check=True).stdout
+        assert out.strip() == f"{expected} []", (cpus, out)
+    out = subprocess.run([sys.executable, "-c", code.format(cpus={max(allowed) + 64})], capture_output=True,
+                         text=True, check=True).stdout
+    assert out.startswith(f"{allowed} ['cpus [{max(allowed) + 64}]"), out  # refused, said, left as it was

@@ -670,16 +670,21 @@ def tune_process(*, rt_priority: int = 0, cpus: Collection[int] | None = None, f
       that OVS's PMD thread polls: sharing it, each frame the PMD thread handed
       over woke the engine, which preempted the PMD thread, and frames waited at
       both ends of a route for tens to hundreds of us).
+    * one CPU, always (the highest of ``cpus``, or of those the process may use):
+      a veth hands each frame sent into it to the receive queue of the CPU that
+      sent it, so an engine that moved between two sends could have them switched
+      out of order. Seen: 3 of 400 probes overtaken with two SCHED_FIFO engines
+      free to move between 2 CPUs.
     * ``freeze_gc``: the hot loop allocates only acyclic objects (bytes, tuples);
       a cyclic-GC pass over the heap every few thousand frames costs up to
       milliseconds, so collection is disabled after setup.
     """
     failed = []
-    if cpus:
-        try:
-            os.sched_setaffinity(0, set(cpus))
-        except OSError as exc:
-            failed.append(f"cpus {sorted(cpus)}: {exc}")
+    try:
+        one = max(set(cpus) & os.sched_getaffinity(0) if cpus else os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {one})
+    except (OSError, ValueError) as exc:  # ValueError: none of ``cpus`` is allowed here
+        failed.append(f"cpus {sorted(cpus) if cpus else 'any'}: {exc}")
     if rt_priority > 0:
         try:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(rt_priority))
