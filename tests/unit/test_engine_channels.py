@@ -232,6 +232,11 @@ def test_the_engine_process_pins_itself_to_one_cpu():
         out = subprocess.run([sys.executable, "-c", code.format(cpus=cpus)], capture_output=True, text=True,
                              check=True).stdout
         assert out.strip() == f"{expected} []", (cpus, out)
+    if len(allowed) > 1:
+        # started from a process kept off the engine's CPU (as the twin's own are): cpus still win
+        out = subprocess.run(["taskset", "-c", str(allowed[0]), sys.executable, "-c",
+                              code.format(cpus={allowed[-1]})], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"{[allowed[-1]]} []", out
     out = subprocess.run([sys.executable, "-c", code.format(cpus={max(allowed) + 64})], capture_output=True,
                          text=True, check=True).stdout
     assert out.startswith(f"{allowed} ['cpus [{max(allowed) + 64}]"), out  # refused, said, left as it was

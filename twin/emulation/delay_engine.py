@@ -680,10 +680,12 @@ def tune_process(*, rt_priority: int = 0, cpus: Collection[int] | None = None, f
       milliseconds, so collection is disabled after setup.
     """
     failed = []
+    # ``cpus`` as given, not within the inherited affinity: the twin's own processes (the
+    # engine's parent) keep off the CPU the engine is meant for.
+    one = max(cpus) if cpus else max(os.sched_getaffinity(0))
     try:
-        one = max(set(cpus) & os.sched_getaffinity(0) if cpus else os.sched_getaffinity(0))
         os.sched_setaffinity(0, {one})
-    except (OSError, ValueError) as exc:  # ValueError: none of ``cpus`` is allowed here
+    except OSError as exc:
         failed.append(f"cpus {sorted(cpus) if cpus else 'any'}: {exc}")
     if rt_priority > 0:
         try:
