@@ -350,11 +350,12 @@ def part_bulk(session, procs, made, overhead_us, count, rate, rates_mbps, second
     finally:
         for a, b, configured_bps in spans:
             session.network.set_wavelength_rate(a, b, bulk["wavelength"], configured_bps)
-    swept = [r for r in rows if r["case"] != "configured"]
-    holding = [r["tbf_mbps"] for r in swept if r["holds"]]
-    # "Highest rate at which accuracy still holds": the highest tried rate with every lower one holding too.
+    holding = sorted({r["tbf_mbps"] for r in rows if r["holds"]})
+    # "Highest rate at which accuracy still holds": the highest tried rate with every lower one
+    # holding too, the configured rate's row included (a rate that held only above a failed
+    # lower one is luck, not a limit).
     highest = None
-    for r in sorted(swept, key=lambda r: r["tbf_mbps"]):
+    for r in sorted(rows, key=lambda r: r["tbf_mbps"]):
         if not r["holds"]:
             break
         highest = r["tbf_mbps"]
