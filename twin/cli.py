@@ -104,6 +104,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         if scenario_topology.name != load_topology(args.topology).name:
             raise TwinError(f"{args.scenario}: its topology is {scenario_topology.name!r}, not "
                             f"{args.topology}; pass the scenario's topology or another scenario")
+    image = None
+    if scenario is not None or (args.check and not args.no_migration_check):
+        from twin.workloads.site_runtime import workload_image
+
+        image = workload_image()  # before bring-up: a missing image is a one-line fix, not a minute lost
     tuning = {"calibrate": not args.no_calibrate, "cpu_layout": "shared" if args.no_cpu_partition else "network",
               "idle_poll": args.idle_poll}
     if args.pmd_maxsleep_us is not None:
@@ -114,7 +119,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             if not args.no_migration_check:
                 from twin.workloads.trial import migration_check
 
-                extra["migration"] = lambda: migration_check(session)
+                extra["migration"] = lambda: migration_check(session, image=image)
             code = run_check(session, as_json=args.json, count=args.count, rate=args.rate,
                              tolerance_ms=args.tolerance_us / 1e3, extra_checks=extra)
         else:
@@ -126,10 +131,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             else:
                 from twin.workloads.containers import ContainerRuntime
                 from twin.workloads.shell import workload_commands
-                from twin.workloads.site_runtime import PodmanLauncher, workload_image
+                from twin.workloads.site_runtime import PodmanLauncher
 
                 with ContainerRuntime(session.record.run_id, record=session.record) as containers:
-                    commands = workload_commands(session, scenario, PodmanLauncher(containers, workload_image(),
+                    commands = workload_commands(session, scenario, PodmanLauncher(containers, image,
                                                                                    cpus=session.workload_cpus))
                     try:
                         interactive(session, mixins=(commands,))

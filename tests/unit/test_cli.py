@@ -177,3 +177,37 @@ def test_run_summary_says_which_slow_requests_met_the_engine_behind(tmp_path):
     text = format_run_summary(summary, tmp_path)
     assert "fuk p99.9 9.90 ms met; hij p99.9 16.10 ms MISSED (58 over budget, 51 of them while the delay " \
            "engine ran behind on some span)" in text
+
+
+def test_up_check_without_the_workload_image_fails_before_bring_up(monkeypatch, capsys):
+    """The migration check needs the image: a missing one is said in one line before the network
+    comes up (it used to come after a minute of bring-up and probing), and only then."""
+    import twin.emulation.session as session_mod
+    import twin.workloads.image as image_mod
+    from twin.errors import TwinError
+
+    started = []
+
+    class NoSession:
+        def __init__(self, *args, **kwargs):
+            started.append(args)
+            raise TwinError("bring-up reached")
+
+    monkeypatch.delenv("TWIN_IMAGE", raising=False)
+    monkeypatch.setattr(image_mod, "image_exists", lambda ref, podman="podman": False)
+    monkeypatch.setattr(session_mod, "TwinSession", NoSession)
+    topo = str(REPO / "topologies" / "triangle.yaml")
+    assert main(["up", topo, "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "is not built; fix: sudo scripts/build-image.sh" in err and len(err.strip().splitlines()) == 1, err
+    assert started == []
+    # without the migration check nothing needs the image
+    assert main(["up", topo, "--check", "--no-migration-check"]) == 1
+    assert "bring-up reached" in capsys.readouterr().err and len(started) == 1
+
+
+def test_image_check_without_podman_is_one_line():
+    from twin.workloads.image import ImageError, image_exists
+
+    with pytest.raises(ImageError, match=r"no-such-podman not found, so no workload can run here; fix: "):
+        image_exists("localhost/twin-workload:0", podman="no-such-podman")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -160,6 +161,14 @@ def validate_ref(ref: str) -> str:
 
 
 def image_exists(ref: str, podman: str = "podman") -> bool:
+    """Whether podman has the image ``ref``.
+
+    Raises:
+        ImageError: podman is not installed (said in one line, not as a traceback).
+    """
+    if shutil.which(podman) is None:
+        raise ImageError(f"image: {podman} not found, so no workload can run here; fix: sudo scripts/install.sh "
+                         "(or leave the workloads out, e.g. twin up --check --no-migration-check)")
     proc = subprocess.run([podman, "image", "exists", validate_ref(ref)], capture_output=True)
     return proc.returncode == 0
 

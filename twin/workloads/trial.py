@@ -106,9 +106,11 @@ def run_trial(session, scenario: Scenario, launcher, *, src: str, dst: str, stra
     return result
 
 
-def migration_check(session, *, strategy: str = "make-before-break", state_size: str = "4MiB") -> dict:
+def migration_check(session, *, strategy: str = "make-before-break", state_size: str = "4MiB",
+                    image: str | None = None) -> dict:
     """``twin up --check``'s migration check: move a stateful service across the longest
-    lightpath under load; ok when it moved, lost no request and its state arrived whole."""
+    lightpath under load; ok when it moved, lost no request and its state arrived whole.
+    ``image``: the workload image (default: :func:`workload_image`)."""
     from twin.workloads.containers import ContainerRuntime
     from twin.workloads.site_runtime import PodmanLauncher, workload_image
 
@@ -121,7 +123,7 @@ def migration_check(session, *, strategy: str = "make-before-break", state_size:
                                                                        state_size=state_size))
     with tempfile.TemporaryDirectory(prefix="twin-check-") as tmp, \
             ContainerRuntime(session.record.run_id, record=session.record) as containers:
-        launcher = PodmanLauncher(containers, workload_image(), cpus=session.workload_cpus)
+        launcher = PodmanLauncher(containers, image or workload_image(), cpus=session.workload_cpus)
         result = run_trial(session, scenario, launcher, src=src, dst=dst, strategy=strategy, out_dir=Path(tmp),
                            before_s=3.0, after_s=3.0)
         engine = launcher.describe()
