@@ -93,7 +93,6 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twin.errors import TwinError
 from twin.emulation.delay_schedule import (
     DelayEngineError,
     DirectionQueues,
@@ -105,6 +104,7 @@ from twin.emulation.delay_schedule import (
     load_links,
     validate_links,
 )
+from twin.errors import TwinError
 
 log = logging.getLogger(__name__)
 
