@@ -136,9 +136,9 @@ def test_packet_network_shows_more_delay_and_jitter_than_the_lightpath(session):
         session.client.delete_lightpath(lp["id"])
     _, model_packet_ms = session.packet_path("a", "b")
     assert packet.forward_us.median > apn.forward_us.median + 100  # router delay + queueing (>= 150 us)
-    # Per-packet variation (RFC 3550 jitter), not the standard deviation: one probe the host
-    # held for milliseconds (this 2-core machine does that a few times per thousand) made the
-    # lightpath's sd larger than the packet network's in one CI run (373 vs 308 us, while
-    # their RFC 3550 jitter was 9 vs 390 us).
-    assert packet.forward_us.rfc3550_jitter > apn.forward_us.rfc3550_jitter
+    # Spread as the interquartile range: probes the host held for milliseconds made the
+    # lightpath's sd larger than the packet network's in one CI run (373 vs 308 us), and on a
+    # noisier host its RFC 3550 jitter too (485 vs 371 us, with stalls up to 15 ms); the
+    # middle half of the delays is what the packet network's 300 us of jitter widens.
+    assert packet.forward_us.iqr > apn.forward_us.iqr + 100, (apn.forward_us, packet.forward_us)
     assert packet.forward_us.median / 1e3 > model_packet_ms

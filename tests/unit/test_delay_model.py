@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 
@@ -271,6 +272,7 @@ def test_summary_loss_duplicates_reordering_and_delays():
         j += (d - j) / 16
     assert s.forward_us.rfc3550_jitter == pytest.approx(j)
     assert s.forward_us.stdev == pytest.approx(statistics.pstdev([100, 110, 120, 130, 150]))
+    assert s.forward_us.iqr == pytest.approx(130 - 110)
     assert s.rtt_us.median == pytest.approx(120 + 220)  # reflector time removed
 
 
@@ -287,7 +289,17 @@ def test_summary_json_round_trip_and_no_replies():
 
 def test_delay_stats_of_constant_series():
     d = DelayStats.of([5.0] * 10)
-    assert (d.min, d.median, d.p99, d.max, d.stdev, d.rfc3550_jitter) == (5, 5, 5, 5, 0, 0)
+    assert (d.min, d.median, d.p99, d.max, d.stdev, d.rfc3550_jitter, d.iqr) == (5, 5, 5, 5, 0, 0, 0)
+
+
+def test_probe_json_without_iqr_still_reads():
+    """Output of an older probe (before ``iqr``) still parses; the field is NaN."""
+    s = summarize([_sample(0, 1, 100, 100), _sample(1, 2, 110, 100)], sent=2, rate_pps_requested=10)
+    doc = json.loads(to_json(s))
+    for key in ("forward_us", "backward_us", "rtt_us"):
+        del doc["summary"][key]["iqr"]
+    again = ProbeSummary.from_json(doc)
+    assert math.isnan(again.forward_us.iqr) and again.forward_us.median == s.forward_us.median
 
 
 def test_delay_schedule_doctests():

@@ -44,11 +44,13 @@ JSON output of ``send --json`` (schema ``twin.probe/1``, stable)::
                  "reordered", "reordered_forward", "reordered_backward",
                  "rate_pps_requested", "rate_pps_achieved", "size_bytes",
                  "forward_us" | "backward_us" | "rtt_us":
-                     {"n", "min", "median", "mean", "p99", "max", "stdev", "rfc3550_jitter"}},
+                     {"n", "min", "median", "mean", "p99", "max", "stdev", "rfc3550_jitter", "iqr"}},
      "samples": [[seq, reflector_seq, forward_us, backward_us, rtt_us], ...]   # with --samples
 
 Definitions: percentiles interpolate linearly between order statistics
 (numpy's default, "type 7"); ``stdev`` is the population standard deviation;
+``iqr`` the interquartile range (p75 - p25), the spread a few probes held for
+milliseconds by the host cannot swing (added later: absent from older output);
 ``rfc3550_jitter`` is RFC 3550's J += (|D| - J)/16 over consecutive packets in
 arrival order (forward: order the reflector received them; backward and rtt:
 order the sender received the replies). ``reordered`` counts replies arriving
@@ -195,18 +197,20 @@ class DelayStats:
     max: float
     stdev: float
     rfc3550_jitter: float
+    iqr: float = float("nan")  # p75 - p25: robust to a few probes a stalled host held (absent in older JSON)
 
     @classmethod
     def of(cls, values_us: Sequence[float]) -> "DelayStats":
         """Statistics of ``values_us`` given in arrival order (the order matters for RFC 3550 only)."""
         if not values_us:
             nan = float("nan")
-            return cls(0, nan, nan, nan, nan, nan, nan, nan)
+            return cls(0, nan, nan, nan, nan, nan, nan, nan, nan)
         n = len(values_us)
         mean = math.fsum(values_us) / n
         sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values_us) / n)
         return cls(n, float(min(values_us)), percentile(values_us, 50), mean, percentile(values_us, 99),
-                   float(max(values_us)), sd, rfc3550_jitter(values_us))
+                   float(max(values_us)), sd, rfc3550_jitter(values_us),
+                   percentile(values_us, 75) - percentile(values_us, 25))
 
     def as_dict(self, ndigits: int = 3) -> dict:
         return {k: (v if isinstance(v, int) or math.isnan(v) else round(v, ndigits))
