@@ -178,8 +178,9 @@ BULK_VID = 100
 FLOOD_PPS = 80_000  # over what the engine sends (about 60k frames/s here), under what it receives
 
 
-def _probes_beside_a_flood(tmp_path: Path, turns: bool) -> tuple[ProbeSummary, dict]:
-    """500 probes at 500/s on the untagged channel while VLAN BULK_VID is flooded; (probes, engine stats)."""
+def _probes_beside_a_flood(tmp_path: Path, turns: bool) -> tuple[ProbeSummary, list, dict]:
+    """500 probes at 500/s on the untagged channel while VLAN BULK_VID is flooded;
+    (probes, their samples, engine stats)."""
     link = LinkSpec("l1", ROOT_A, ROOT_B, channels=(ChannelSpec(None, "probe", delay_us=DELAY_US),
                                                      ChannelSpec(BULK_VID, "bulk", delay_us=DELAY_US)))
     # The engine alone on the last CPU, as TwinSession runs it; the flood at the lowest priority
